@@ -1,0 +1,341 @@
+"""Configs are data: TOML files in paper_configs/ loaded into the dataclasses below.
+
+The defaults are the paper's text (PAPER.md); every file states which row of which table it
+reproduces. A file may start with `extends = "other.toml"` (relative to itself) and then
+give only what differs. Loading rejects, with one line naming the file and the key: an
+unknown section or key, a wrong type, a value outside its range or choices, and widths that
+do not divide between the towers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from repro.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "paper_configs"
+DEFAULT_CONFIG = CONFIG_DIR / "alexnet_2gpu.toml"
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+def opt(default, *, choices=None, lo=None, hi=None):
+    """A config field with its allowed values (checked on load)."""
+    meta = {"choices": choices, "lo": lo, "hi": hi}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value):
+    return dataclasses.replace(value) if dataclasses.is_dataclass(value) else type(value)(value)
+
+
+@dataclass
+class Widths:
+    """Maps (conv) or units (fc) of each layer summed over the towers (PAPER.md, Architecture)."""
+    conv1: int = opt(96, lo=1)
+    conv2: int = opt(256, lo=1)
+    conv3: int = opt(384, lo=1)
+    conv4: int = opt(384, lo=1)
+    conv5: int = opt(256, lo=1)
+    fc6: int = opt(4096, lo=1)
+    fc7: int = opt(4096, lo=1)
+
+
+@dataclass
+class ModelConfig:
+    towers: int = opt(2, lo=1, hi=2)
+    num_classes: int = opt(1000, lo=2)
+    widths: Widths = field(default_factory=Widths)
+    # "paper": alpha = 1e-4 on the plain sum; "code145": 1e-4 / 5 (= torch.nn.LocalResponseNorm)
+    lrn: str = opt("paper", choices=("paper", "code145", "none"))
+    # "paper": conv1 -> ReLU -> LRN -> pool; "code145": conv1 -> LRN -> pool -> ReLU
+    conv1_order: str = opt("paper", choices=("paper", "code145"))
+    # "ceil": no padding, 3 zero pixels past the right/bottom edge (the 2012 code);
+    # "symmetric": 2 pixels on every side (the usual PyTorch shortcut). Both give 55x55.
+    conv1_padding: str = opt("ceil", choices=("ceil", "symmetric"))
+    conv2_rnorm: bool = opt(False)  # code 145's extra same-map 5x5 normalisation after conv2
+    pool: str = opt("overlap", choices=("overlap", "nonoverlap"))  # 3/2 or 2/2
+    cross_links: bool = opt(True)  # False: towers meet only at fc8 (code 150)
+    fc8: str = opt("split", choices=("split", "tower0"))  # half the logits per tower, or all on tower 0
+    dropout: float = opt(0.5, lo=0.0, hi=0.99)
+    # "test": the paper's dropout (no scaling in training, outputs x (1 - p) at test);
+    # "train": inverted dropout (x 1/(1 - p) in training), equal in expectation.
+    dropout_scaling: str = opt("test", choices=("test", "train"))
+
+
+@dataclass
+class PerLayer:
+    conv1: float = 0.0
+    conv2: float = 0.0
+    conv3: float = 0.0
+    conv4: float = 0.0
+    conv5: float = 0.0
+    fc6: float = 0.0
+    fc7: float = 0.0
+    fc8: float = 0.0
+
+
+@dataclass
+class InitConfig:
+    """Section 5 of the paper: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7."""
+    weight_std: PerLayer = field(default_factory=lambda: PerLayer(*(0.01,) * 8))
+    bias: PerLayer = field(default_factory=lambda: PerLayer(0, 1, 0, 1, 1, 1, 1, 0))
+
+
+@dataclass
+class DataConfig:
+    shards: str = opt("data/shards")  # directory written by `./run.sh prepare`
+    source: str = opt("")  # where prepare finds the archives ("" -> $ILSVRC_ROOT)
+    year: int = opt(2012, choices=(2010, 2012))
+    eval_split: str = opt("val", choices=("val", "test"))  # the split validation/eval reads
+    batch_size: int = opt(128, lo=1)
+    workers: int = opt(2, lo=0)
+    seed: int = opt(0, lo=0)  # shuffling of the shard stream
+
+
+@dataclass
+class AugmentConfig:
+    crop: int = opt(224, lo=1)
+    flip: bool = opt(True)
+    # "crop": subtract the mean image at the crop's position; "centre": its centre crop (code 145)
+    mean: str = opt("crop", choices=("crop", "centre"))
+    # "paper": alpha_i * lambda_i with lambda on the [0, 1] pixel scale;
+    # "code145": alpha_i * sqrt(lambda_i) on 0-255 after mean subtraction, then / 1.1
+    lighting: str = opt("paper", choices=("paper", "code145", "none"))
+    lighting_std: float = opt(0.1, lo=0.0)
+    lighting_off_epoch: int = opt(0, lo=0)  # 0: never; code 145 turns it off from epoch 67
+    on: str = opt("cpu", choices=("cpu", "device"))  # where the float work runs
+
+
+@dataclass
+class OptimConfig:
+    """v <- momentum v - weight_decay lr w - lr g ; w <- w + v (section 5)."""
+    lr: float = opt(0.01, lo=0.0)
+    momentum: float = opt(0.9, lo=0.0, hi=1.0)
+    weight_decay: float = opt(0.0005, lo=0.0)
+    bias_lr_mult: float = opt(1.0, lo=0.0)  # code 145 trains biases at twice the rate
+    rule: str = opt("paper", choices=("paper", "torch"))  # "torch": torch.optim.SGD's form
+
+
+@dataclass
+class ScheduleConfig:
+    # "plateau": /factor when validation error has not improved for `patience` epochs,
+    # at most `max_reductions` times (the paper); "epochs": at `drop_epochs` (code 145)
+    kind: str = opt("plateau", choices=("plateau", "epochs"))
+    epochs: int = opt(90, lo=1)
+    factor: float = opt(10.0, lo=1.0)
+    patience: int = opt(4, lo=1)
+    max_reductions: int = opt(3, lo=0)
+    drop_epochs: list = opt([])
+    freeze_conv1_epoch: int = opt(0, lo=0)  # 0: never; code 145 froze conv1 from about 72
+
+
+@dataclass
+class TrainConfig:
+    # "auto": distributed under torchrun, two devices when two GPUs are visible, else one device
+    placement: str = opt("auto", choices=("auto", "single", "two_devices", "distributed"))
+    device: str = opt("auto")  # "auto", "cpu", "cuda", "cuda:1", ...
+    seed: int = opt(0, lo=0)  # initialisation, dropout, augmentation
+    max_steps: int = opt(0, lo=0)  # 0: no limit (smoke runs set a few)
+    log_every: int = opt(20, lo=1)
+    checkpoint_every: int = opt(1000, lo=0)  # steps; 0: only at each epoch end
+    keep_checkpoints: int = opt(3, lo=1)
+
+
+@dataclass
+class SpeedConfig:
+    """Off by default: the paper's float32 recipe comes first."""
+    channels_last: bool = opt(False)
+    bf16: bool = opt(False)  # autocast on GPUs
+    compile: bool = opt(False)
+    fast_lrn: bool = opt(True)  # equal to the reference LRN within 1e-6 (tests/test_lrn.py)
+
+
+@dataclass
+class EvalConfig:
+    views: str = opt("ten", choices=("centre", "ten"))
+    batch_size: int = opt(128, lo=1)
+
+
+@dataclass
+class Config:
+    description: str = opt("")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = field(default="", metadata={"internal": True})  # the file's stem
+
+
+# ---------------------------------------------------------------------------------- loading
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a TOML config (following `extends`), apply `section.key=value` overrides, check it."""
+    path = Path(path)
+    raw = _read_toml(path, seen=())
+    for item in overrides:
+        _apply_override(raw, item)
+    cfg = from_dict(raw, where=str(path))
+    cfg.name = path.stem
+    check(cfg, where=str(path))
+    return cfg
+
+
+def _read_toml(path: Path, seen: tuple) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file {path} not found (the paper's configs are in {CONFIG_DIR})")
+    if path.resolve() in seen:
+        raise UserError(f"{path}: 'extends' goes round in a circle")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"{path}: 'extends' must be a file name")
+    merged = _read_toml(path.parent / base, seen + (path.resolve(),))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    """`section.key=value`, the value read as a TOML literal (a bare word is taken as a string)."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.001")
+    dotted, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    *sections, key = dotted.strip().split(".")
+    node = raw
+    for s in sections:
+        node = node.setdefault(s, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {s} is not a section")
+    node[key] = value
+
+
+def from_dict(data: dict, where: str, cls=Config, prefix: str = ""):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            what = "section" if isinstance(value, dict) else "key"
+            known = ", ".join(fields)
+            raise UserError(f"{where}: unknown {what} '{name}' (known here: {known})")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: '{name}' must be a section [{name}]")
+            kwargs[key] = from_dict(value, where, kind, prefix=f"{name}.")
+        else:
+            kwargs[key] = _checked(value, kind, fields[key], name, where)
+    return cls(**kwargs)
+
+
+def _checked(value: Any, kind, f: dataclasses.Field, name: str, where: str):
+    base = get_origin(kind) or kind
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
+    if base is list and ok:
+        ok = all(isinstance(v, (int, float, str)) for v in value)
+    if not ok:
+        raise UserError(f"{where}: '{name}' must be {_type_name(base)}, got {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        allowed = ", ".join(map(str, meta["choices"]))
+        raise UserError(f"{where}: '{name}' = {value!r} is not one of {allowed}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise UserError(f"{where}: '{name}' = {value!r} is below its minimum {meta['lo']}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise UserError(f"{where}: '{name}' = {value!r} is above its maximum {meta['hi']}")
+    return value
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a list"}.get(t, t.__name__)
+
+
+def check(cfg: Config, where: str = "config") -> None:
+    """Rules that involve more than one key."""
+    m = cfg.model
+    for layer, width in dataclasses.asdict(m.widths).items():
+        if width % m.towers:
+            raise UserError(f"{where}: 'model.widths.{layer}' = {width} does not divide "
+                            f"between {m.towers} towers")
+    for value in cfg.schedule.drop_epochs:
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{where}: 'schedule.drop_epochs' must list epochs >= 1, got {value!r}")
+    if cfg.schedule.kind == "epochs" and not cfg.schedule.drop_epochs:
+        raise UserError(f"{where}: 'schedule.kind' = 'epochs' needs 'schedule.drop_epochs'")
+    if cfg.augment.crop > 256:
+        raise UserError(f"{where}: 'augment.crop' = {cfg.augment.crop} is larger than the 256 images")
+    for layer in LAYERS:
+        if getattr(cfg.init.weight_std, layer) <= 0:
+            raise UserError(f"{where}: 'init.weight_std.{layer}' must be positive")
+
+
+def to_dict(cfg) -> dict:
+    """The resolved config as plain data (written into every run directory)."""
+    return dataclasses.asdict(cfg)
+
+
+def dumps_toml(cfg: Config) -> str:
+    """The resolved config as TOML, loadable again by load_config."""
+    lines = []
+
+    def emit(table: dict, header: str):
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if header:
+            lines.append(f"\n[{header}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in table.items():
+            if isinstance(v, dict):
+                emit(v, f"{header}.{k}" if header else k)
+
+    data = to_dict(cfg)
+    data.pop("name")
+    emit(data, "")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
