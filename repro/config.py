@@ -317,7 +317,7 @@ def dumps_toml(cfg: Config) -> str:
 
     def emit(table: dict, header: str):
         scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        if header:
+        if header and scalars:
             lines.append(f"\n[{header}]")
         for k, v in scalars.items():
             lines.append(f"{k} = {_toml_value(v)}")
