@@ -1,0 +1,108 @@
+"""The paper's update rule and schedules (section 5)."""
+import pytest
+import torch
+
+from repro.config import ScheduleConfig
+from repro.optim import PaperSGD, Schedule
+
+
+def test_paper_rule_matches_hand_computation():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = PaperSGD([w], lr=0.1, momentum=0.9, weight_decay=0.5)
+    grads = [torch.tensor([0.5, 1.0]), torch.tensor([-1.0, 0.25])]
+    v, expect = [0.0, 0.0], [1.0, -2.0]
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        for i in range(2):  # v <- 0.9 v - 0.5 * 0.1 * w - 0.1 * g ; w <- w + v
+            v[i] = 0.9 * v[i] - 0.5 * 0.1 * expect[i] - 0.1 * g[i].item()
+            expect[i] += v[i]
+        assert w.tolist() == pytest.approx(expect, rel=1e-6)
+
+
+def run_both(lrs, grads):
+    wp = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    wt = torch.nn.Parameter(wp.detach().clone())
+    paper = PaperSGD([wp], lr=lrs[0], momentum=0.9, weight_decay=0.0005)
+    torch_sgd = torch.optim.SGD([wt], lr=lrs[0], momentum=0.9, weight_decay=0.0005)
+    out = []
+    for lr, g in zip(lrs, grads):
+        paper.set_lr(lr)
+        for group in torch_sgd.param_groups:
+            group["lr"] = lr
+        wp.grad, wt.grad = g.clone(), g.clone()
+        paper.step()
+        torch_sgd.step()
+        out.append((wp.detach().clone(), wt.detach().clone()))
+    return out
+
+
+def test_agrees_with_torch_sgd_until_the_rate_changes():
+    grads = [torch.randn(3, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    steps = run_both([0.01, 0.01, 0.01, 0.001, 0.001, 0.001], grads)
+    for paper, torch_w in steps[:3]:  # constant rate: the same trajectory
+        torch.testing.assert_close(paper, torch_w, rtol=1e-6, atol=1e-7)
+    paper, torch_w = steps[3]  # right after eps / 10: the paper's velocity still holds the old eps
+    assert (paper - torch_w).abs().max() > 1e-4
+    # exactly: paper - torch = -0.9 (eps_old - eps_new) v_torch, with v_torch = -(last step) / eps_old
+    last_step = steps[2][1] - steps[1][1]
+    torch.testing.assert_close(paper - torch_w, 0.9 * (0.01 - 0.001) / 0.01 * last_step, rtol=1e-4, atol=1e-8)
+
+
+def test_torch_rule_equals_torch_sgd():
+    grads = [torch.randn(3, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    w1 = torch.nn.Parameter(torch.ones(3))
+    w2 = torch.nn.Parameter(torch.ones(3))
+    a = PaperSGD([w1], lr=0.01, rule="torch")
+    b = torch.optim.SGD([w2], lr=0.01, momentum=0.9, weight_decay=0.0005)
+    for i, g in enumerate(grads):
+        lr = 0.01 if i < 2 else 0.001
+        a.set_lr(lr)
+        b.param_groups[0]["lr"] = lr
+        w1.grad, w2.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    torch.testing.assert_close(w1, w2)
+
+
+def test_lr_multiplier_and_freeze():
+    w, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = PaperSGD([{"params": [w]}, {"params": [b], "lr_mult": 2.0, "layer_group": "conv1"}],
+                   lr=0.1, weight_decay=0.0)
+    w.grad, b.grad = torch.ones(1), torch.ones(1)
+    opt.step()
+    assert w.item() == pytest.approx(-0.1) and b.item() == pytest.approx(-0.2)
+    opt.freeze("conv1")
+    opt.step()
+    assert b.item() == pytest.approx(-0.2) and w.item() == pytest.approx(-0.1 - 0.19)
+
+
+def test_plateau_schedule_on_scripted_errors():
+    cfg = ScheduleConfig(kind="plateau", patience=2, max_reductions=3, factor=10.0)
+    s = Schedule(cfg, 0.01)
+    errors = [0.9, 0.8, 0.7, 0.7, 0.71,   # no improvement for 2 epochs after 0.7 -> /10 after epoch 5
+              0.6, 0.65, 0.6,             # 2 more without beating 0.6 -> /10 after epoch 8
+              0.5, 0.5, 0.5,              # -> /10 after epoch 11 (third and last)
+              0.5, 0.5, 0.5, 0.5]         # never a fourth time
+    reduced_at = [e for e, err in enumerate(errors, start=1) if s.end_epoch(e, err)]
+    assert reduced_at == [5, 8, 11]
+    assert s.reductions == 3 and s.lr(20) == pytest.approx(1e-5)
+
+
+def test_plateau_state_round_trip():
+    cfg = ScheduleConfig(kind="plateau", patience=1)
+    a = Schedule(cfg, 0.01)
+    for e, err in enumerate([0.5, 0.6], start=1):
+        a.end_epoch(e, err)
+    b = Schedule(cfg, 0.01)
+    b.load_state_dict(a.state_dict())
+    assert b.lr(3) == a.lr(3) == pytest.approx(0.001) and b.end_epoch(3, 0.4) == a.end_epoch(3, 0.4)
+
+
+def test_code145_epoch_schedule():
+    cfg = ScheduleConfig(kind="epochs", drop_epochs=[25, 51, 79], freeze_conv1_epoch=72)
+    s = Schedule(cfg, 0.01)
+    assert [s.lr(e) for e in (0, 24, 25, 50, 51, 79, 90)] == pytest.approx(
+        [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-5, 1e-5])
+    assert not s.conv1_frozen(71) and s.conv1_frozen(72)
+    assert s.end_epoch(30, 0.1) is False  # validation error does not steer this schedule
