@@ -65,6 +65,21 @@ def crop_view(image, top: int, left: int, mirrored, crop: int = CROP):
     return patch
 
 
+def copy_crop(dst: np.ndarray, image: np.ndarray, top: int, left: int, mirrored) -> None:
+    """dst[...] = crop_view(image, top, left, mirrored) for numpy uint8 [..., H, W, 3] arrays.
+
+    A mirrored copy moves whole 3-byte pixels (a void view) rather than single bytes, which makes
+    it about 3x faster than numpy's byte-wise reversed copy; the result is the same.
+    """
+    crop = dst.shape[-2]
+    if not mirrored:
+        np.copyto(dst, image[..., top:top + crop, left:left + crop, :])
+        return
+    pixels = np.dtype((np.void, 3))
+    src = image[..., top:top + crop, :, :].view(pixels)[..., 0]  # [..., crop, W] whole pixels
+    np.copyto(dst.view(pixels)[..., 0], src[..., left + crop - 1:(left - 1 if left else None):-1])
+
+
 def take_views(images, offsets, crop: int = CROP, out=None):
     """Crops of every image at every (top, left, mirrored) row of offsets [V, 3].
 
@@ -76,7 +91,10 @@ def take_views(images, offsets, crop: int = CROP, out=None):
         out = (images.new_empty(shape) if torch.is_tensor(images)
                else np.empty(shape, images.dtype))
     for v, (top, left, mirrored) in enumerate(offsets):
-        out[..., v, :, :, :] = crop_view(images, int(top), int(left), mirrored, crop)
+        if torch.is_tensor(images):
+            out[..., v, :, :, :] = crop_view(images, int(top), int(left), mirrored, crop)
+        else:
+            copy_crop(out[..., v, :, :, :], images, int(top), int(left), mirrored)
     return out
 
 

@@ -248,7 +248,7 @@ class _TrainSteps(torch.utils.data.Dataset):
         out = images.numpy()
         for r in np.lexsort((pos, shard)):  # shard by shard, ascending positions
             top, left, mirrored = offsets[r]
-            out[r] = augment.crop_view(self.images[shard[r]][pos[r]], top, left, mirrored, crop)
+            augment.copy_crop(out[r], self.images[shard[r]][pos[r]], top, left, mirrored)
         labels = np.array([self.labels[j][p] for j, p in zip(shard, pos)], np.int64)
         return Batch(images, torch.from_numpy(labels), torch.from_numpy(offsets),
                      torch.from_numpy(alphas), torch.from_numpy(self.starts[shard] + pos), on)

@@ -30,6 +30,16 @@ def test_random_crop_params_cover_every_offset_and_mirror_half_the_time():
     assert not augment.random_crop_params(np.random.default_rng(0), 1000, flip=False)[:, 2].any()
 
 
+@pytest.mark.parametrize("top,left", [(0, 0), (0, 32), (32, 0), (7, 19), (32, 32)])
+def test_copy_crop_equals_the_sliced_and_mirrored_image(top, left):
+    image = np.random.default_rng(6).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    for mirrored in (0, 1):
+        dst = np.zeros((224, 224, 3), np.uint8)
+        augment.copy_crop(dst, image, top, left, mirrored)
+        expected = image[top:top + 224, left:left + 224]
+        np.testing.assert_array_equal(dst, expected[:, ::-1] if mirrored else expected)
+
+
 def test_ten_view_pixels_are_direct_slices_of_the_256_image():
     images = np.random.default_rng(1).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
     views = augment.ten_view(images)
