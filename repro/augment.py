@@ -190,18 +190,23 @@ class Normalizer:
                       if aug.lighting != "none" else None)
         # code 145 divides by 1 + std, applied as a multiplication by a float32 tensor.
         self.code145_factor = torch.tensor(1.0 / (1.0 + aug.lighting_std), **f32)
-        self._steps = torch.arange(self.crop, device=self.device)
+        # Every crop of the mean image and of its mirror, as one strided view (no copy):
+        # windows[m, top, left] = crop at (top, left) of the mean (m = 0) or of its mirror (m = 1).
+        both = torch.stack([self.mean, self.mean.flip(1)]).contiguous()  # [2, 256, 256, 3]
+        h, w, _ = self.mean.shape
+        self.mean_windows = both.as_strided(
+            (2, h - self.crop + 1, w - self.crop + 1, self.crop, self.crop, 3),
+            (h * w * 3, w * 3, 3, w * 3, 3, 1))
 
     def mean_crops(self, offsets: torch.Tensor) -> torch.Tensor:
         """The mean image under each crop: [N, crop, crop, 3] for offsets [N, 3] = (top, left,
         mirrored), or the centre crop [crop, crop, 3] (broadcast) when the config says "centre"."""
         if self.mean_mode == "centre":
             return self.mean_centre
-        offsets = offsets.to(self.device)
-        top, left, mirrored = offsets[:, 0:1], offsets[:, 1:2], offsets[:, 2:3].bool()
-        rows = top + self._steps  # [N, crop]
-        cols = left + torch.where(mirrored, self.crop - 1 - self._steps, self._steps)  # [N, crop]
-        return self.mean[rows[:, :, None], cols[:, None, :]]  # [N, crop, crop, 3]
+        top, left, mirrored = offsets.to(self.device).unbind(1)
+        # The mirror of the crop at `left` is the crop of the mirrored mean at width - crop - left.
+        left = torch.where(mirrored.bool(), self.mean.shape[1] - self.crop - left, left)
+        return self.mean_windows[mirrored, top, left]  # [N, crop, crop, 3]
 
     def train(self, batch) -> torch.Tensor:
         """A training Batch (repro.data) -> float32 [B, 3, crop, crop], channels-last."""
