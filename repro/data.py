@@ -1,7 +1,8 @@
 """The input pipeline: the reader over the prepared shards, the epoch's sampling, the loaders.
 
 The trainer and the evaluator read shards only through this module (DESIGN.md "Data"), and this
-module reads them only through data_prep.shards.
+module reads them only through data_prep.shards. The augmentation it draws is the paper's
+section 4.1 (repro.augment); the images are the 256x256 central crops of section 2.
 
 Training stream of an epoch (a pure function of (data.seed, epoch), never of the worker count):
 - the order of the shards and, inside each shard, the order of its images are shuffled from
@@ -13,7 +14,8 @@ Training stream of an epoch (a pure function of (data.seed, epoch), never of the
 - the crop, mirror and lighting draws of step s come from (seed, epoch, s) alone, so a run
   started at step k sees exactly the batches a run from step 0 sees from k on (exact resume);
 - data parallelism: part p of `parts` gets rows [p * n / parts, (p + 1) * n / parts) of every
-  global batch of n rows, so the parts together see the stream one process would.
+  global batch of n rows, so the parts together see the stream one process would (a last batch
+  smaller than `parts` leaves some parts with an empty batch).
 
 Reading: each loader worker memory-maps the shards itself, lazily, on first use (an h5py handle
 is only ever opened briefly in the main process to read metadata and closed again, never held
@@ -154,10 +156,10 @@ class _Images:
 def _uint8_buffer(shape) -> torch.Tensor:
     """An output buffer; in a loader worker it lives in shared memory, so passing it to the main
     process costs no copy (as torch's default_collate does for its stacked batches)."""
-    if torch.utils.data.get_worker_info() is None:
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # what default_collate uses
+    if torch.utils.data.get_worker_info() is None or new_shared is None:
         return torch.empty(shape, dtype=torch.uint8)
-    n = int(np.prod(shape))
-    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n)).view(shape)
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(int(np.prod(shape)))).view(shape)
 
 
 def class_names(root: str | Path) -> list[tuple[str, str]]:
