@@ -1,0 +1,333 @@
+"""The input pipeline: the reader over the prepared shards, the epoch's sampling, the loaders.
+
+The trainer and the evaluator read shards only through this module (DESIGN.md "Data"), and this
+module reads them only through data_prep.shards. The augmentation it draws is the paper's
+section 4.1 (repro.augment); the images are the 256x256 central crops of section 2.
+
+Training stream of an epoch (a pure function of (data.seed, epoch), never of the worker count):
+- the order of the shards and, inside each shard, the order of its images are shuffled from
+  (seed, epoch); the stream is the shards one after another in that order. Training shards are
+  written in an order shuffled once (DESIGN.md), so a batch drawn from one or two shards is
+  still a random sample, while reads stay inside one shard at a time (page cache friendly);
+- global step s takes positions [s * B, (s + 1) * B) of the stream (B = data.batch_size); the
+  last, partial batch is kept, so an epoch sees every image exactly once;
+- the crop, mirror and lighting draws of step s come from (seed, epoch, s) alone, so a run
+  started at step k sees exactly the batches a run from step 0 sees from k on (exact resume);
+- data parallelism: part p of `parts` gets rows [p * n / parts, (p + 1) * n / parts) of every
+  global batch of n rows, so the parts together see the stream one process would (a last batch
+  smaller than `parts` leaves some parts with an empty batch).
+
+Reading: each loader worker memory-maps the shards itself, lazily, on first use (an h5py handle
+is only ever opened briefly in the main process to read metadata and closed again, never held
+across a fork); a batch's rows are read shard by shard in ascending position (no h5py fancy
+indexing), cropped and mirrored as uint8 index arithmetic straight into the output buffer, which
+in a worker is allocated in shared memory so that handing it to the main process copies nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from data_prep import shards
+from repro import augment
+from repro.errors import UserError
+
+# Tags that keep the independent random streams of (seed, epoch) apart.
+_SHUFFLE, _AUGMENT = 0x5A1, 0xA06
+
+
+@dataclass
+class Batch:
+    """One training batch, as uint8 crops; the float work is repro.augment.Normalizer's."""
+    images: torch.Tensor  # uint8 [B, crop, crop, 3], already mirrored where drawn
+    labels: torch.Tensor  # int64 [B]
+    offsets: torch.Tensor  # int64 [B, 3] = (top, left, mirrored)
+    alphas: torch.Tensor  # float32 [B, 3] PCA lighting draws, zeros where lighting is off
+    indices: torch.Tensor | None = None  # int64 [B] image index in the split (shards concatenated)
+    lighting: bool = True  # False when lighting is off for this batch (code 145 then skips its /1.1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _map(self, fn) -> "Batch":
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name))
+                                            for f in dataclasses.fields(self)
+                                            if torch.is_tensor(getattr(self, f.name))})
+
+    def pin_memory(self, device=None) -> "Batch":
+        """Called by DataLoader(pin_memory=True) in its pinning thread."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+# ------------------------------------------------------------------------------ the shards
+
+@dataclass
+class Split:
+    """The complete shards of one split, checked against the manifest (the "done" mark)."""
+    metas: list  # [shards.ShardMeta]
+    labels: list  # [int64 array per shard]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array([m.count for m in self.metas], np.int64)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Index of each shard's first image in the split."""
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+
+def open_split(root: str | Path, split: str) -> Split:
+    """Metadata and labels of a split's shards; a UserError names anything missing or damaged."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"no prepared data at {root}: run './run.sh prepare' "
+                        "(or './run.sh demo' for a small generated dataset)")
+    try:
+        manifest = shards.read_manifest(root)
+    except FileNotFoundError:
+        raise UserError(f"{root} holds no finished preparation ({shards.MANIFEST} missing): "
+                        "run './run.sh prepare' again") from None
+    except ValueError as e:
+        raise UserError(f"{root / shards.MANIFEST} is damaged ({e}): run './run.sh prepare' again") from None
+    listed = manifest.get("splits", {}).get(split, {}).get("shards", [])
+    if not listed:
+        raise UserError(f"{root} has no '{split}' split: prepare it first")
+    metas, labels = [], []
+    for entry in listed:
+        path = root / entry["name"]
+        if not path.is_file():
+            raise UserError(f"shard {path} is missing (listed in {shards.MANIFEST}): prepare again")
+        try:
+            meta = shards.read_meta(path)
+            lab = shards.read_labels(path)
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"shard {path} is damaged or unreadable ({e}): prepare again") from None
+        if meta.count != entry["count"] or len(lab) != meta.count:
+            raise UserError(f"shard {path} holds {meta.count} images, the manifest says "
+                            f"{entry['count']}: prepare again")
+        if meta.images_offset is None:
+            raise UserError(f"shard {path}: images are not stored contiguously, so they cannot be "
+                            "memory-mapped: prepare again with this version")
+        need = meta.images_offset + meta.count * shards.IMAGE_SIZE ** 2 * 3
+        if path.stat().st_size < need:
+            raise UserError(f"shard {path} is truncated ({path.stat().st_size} of {need} bytes): "
+                            "prepare again")
+        metas.append(meta)
+        labels.append(lab)
+    return Split(metas, labels)
+
+
+class _Images:
+    """Memory maps of a split's image blocks, opened lazily by the process that reads them."""
+
+    def __init__(self, metas):
+        self.metas = metas
+        self._maps: dict[int, np.ndarray] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self):  # never ship open maps to another process
+        return {"metas": self.metas}
+
+    def __setstate__(self, state):
+        self.__init__(state["metas"])
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        if self._pid != os.getpid():  # forked: open our own maps
+            self._maps, self._pid = {}, os.getpid()
+        if j not in self._maps:
+            self._maps[j] = shards.map_images(self.metas[j])
+        return self._maps[j]
+
+
+def _uint8_buffer(shape) -> torch.Tensor:
+    """An output buffer; in a loader worker it lives in shared memory, so passing it to the main
+    process costs no copy (as torch's default_collate does for its stacked batches)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # what default_collate uses
+    if torch.utils.data.get_worker_info() is None or new_shared is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(int(np.prod(shape)))).view(shape)
+
+
+def class_names(root: str | Path) -> list[tuple[str, str]]:
+    """(WordNet id, words) of each class, in class-index (sorted WordNet id) order."""
+    try:
+        classes = shards.read_manifest(root)["classes"]
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise UserError(f"{root}: no readable {shards.MANIFEST} ({e}): run './run.sh prepare'") from None
+    return [(c["wnid"], c["words"]) for c in sorted(classes, key=lambda c: c["index"])]
+
+
+# ----------------------------------------------------------------------- the training stream
+
+def epoch_order(counts, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, position) of every image of the epoch's stream, each int64 [N].
+
+    The shard order and the order inside each shard are shuffled from (seed, epoch) alone.
+    """
+    rng = np.random.default_rng([seed, epoch, _SHUFFLE])
+    counts = np.asarray(counts, np.int64)
+    order = rng.permutation(len(counts))
+    shard = np.concatenate([np.full(counts[j], j, np.int64) for j in order] or [np.zeros(0, np.int64)])
+    pos = np.concatenate([rng.permutation(counts[j]) for j in order] or [np.zeros(0, np.int64)])
+    return shard, pos.astype(np.int64)
+
+
+def augment_draws(cfg, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Crop offsets int64 [B, 3], lighting alphas float32 [B, 3] and whether lighting is on, for
+    the B = data.batch_size rows of global step `step` (a partial last batch uses the first rows).
+
+    A pure function of (data.seed, epoch, step). Alphas ~ N(0, augment.lighting_std), drawn
+    afresh for every use of an image (section 4.1), and zero when lighting is "none" or from
+    epoch augment.lighting_off_epoch on (when > 0; code 145 switched it off for its last epochs).
+    """
+    a, b = cfg.augment, cfg.data.batch_size
+    rng = np.random.default_rng([cfg.data.seed, epoch, step, _AUGMENT])
+    offsets = augment.random_crop_params(rng, b, shards.IMAGE_SIZE, a.crop, a.flip)
+    alphas = rng.normal(0.0, 1.0, (b, 3)).astype(np.float32) * np.float32(a.lighting_std)
+    on = a.lighting != "none" and not (0 < a.lighting_off_epoch <= epoch)
+    if not on:
+        alphas[:] = 0
+    return offsets, alphas, on
+
+
+def steps_per_epoch(root: str | Path, cfg, parts: int = 1) -> int:
+    """Global steps in an epoch: ceil(N / batch_size), the last partial batch kept. The same for
+    every part, since each part takes its rows of every global batch."""
+    _check_parts(cfg, parts, 0)
+    return -(-len(open_split(root, "train")) // cfg.data.batch_size)
+
+
+def _check_parts(cfg, parts: int, part: int) -> None:
+    if parts < 1 or not 0 <= part < parts:
+        raise UserError(f"part {part} of {parts}: need 0 <= part < parts")
+    if cfg.data.batch_size % parts:
+        raise UserError(f"data.batch_size = {cfg.data.batch_size} does not divide between "
+                        f"{parts} data-parallel parts")
+
+
+class _TrainSteps(torch.utils.data.Dataset):
+    """Item i: the Batch of global step start_step + i (this part's rows of it)."""
+
+    def __init__(self, split: Split, cfg, epoch: int, start_step: int, part: int, parts: int):
+        self.images = _Images(split.metas)
+        self.labels = split.labels
+        self.starts = split.starts
+        self.shard, self.pos = epoch_order(split.counts, cfg.data.seed, epoch)
+        self.cfg, self.epoch, self.start_step = cfg, epoch, start_step
+        self.part, self.parts = part, parts
+        self.steps = -(-len(self.shard) // cfg.data.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start_step, 0)
+
+    def __getitem__(self, i: int) -> Batch:
+        step = self.start_step + i
+        if not 0 <= step < self.steps:
+            raise IndexError(step)
+        b = self.cfg.data.batch_size
+        lo, hi = step * b, min((step + 1) * b, len(self.shard))
+        n = hi - lo
+        r0, r1 = self.part * n // self.parts, (self.part + 1) * n // self.parts  # this part's rows
+        offsets, alphas, on = augment_draws(self.cfg, self.epoch, step)
+        shard, pos = self.shard[lo + r0:lo + r1], self.pos[lo + r0:lo + r1]
+        offsets, alphas = offsets[r0:r1], alphas[r0:r1]
+        crop = self.cfg.augment.crop
+        images = _uint8_buffer((len(shard), crop, crop, 3))
+        out = images.numpy()
+        for r in np.lexsort((pos, shard)):  # shard by shard, ascending positions
+            top, left, mirrored = offsets[r]
+            augment.copy_crop(out[r], self.images[shard[r]][pos[r]], top, left, mirrored)
+        labels = np.array([self.labels[j][p] for j, p in zip(shard, pos)], np.int64)
+        return Batch(images, torch.from_numpy(labels), torch.from_numpy(offsets),
+                     torch.from_numpy(alphas), torch.from_numpy(self.starts[shard] + pos), on)
+
+
+def _loader(dataset, workers: int, pin_memory: bool) -> Iterator:
+    if workers == 0 and not pin_memory:
+        return (dataset[i] for i in range(len(dataset)))
+    # batch_size=None: each item is already a batch; items come back in order whatever the
+    # number of workers (worker w builds items w, w + workers, ...).
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
+                                            num_workers=workers, pin_memory=pin_memory))
+
+
+def train_batches(root: str | Path, cfg, epoch: int, start_step: int = 0, part: int = 0,
+                  parts: int = 1, pin_memory: bool = False) -> Iterator[Batch]:
+    """The training stream of `epoch` from global step `start_step` (see the module docstring),
+    read by cfg.data.workers loader processes. pin_memory=True when the device is a GPU."""
+    _check_parts(cfg, parts, part)
+    dataset = _TrainSteps(open_split(root, "train"), cfg, epoch, start_step, part, parts)
+    return _loader(dataset, cfg.data.workers, pin_memory)
+
+
+# ------------------------------------------------------------------------- evaluation views
+
+VIEWS = ("centre", "ten")
+
+
+def view_offsets(views: str, crop: int = augment.CROP) -> np.ndarray:
+    """int64 [V, 3] (top, left, mirrored) of the test views: V = 1 ("centre") or 10 ("ten")."""
+    if views == "centre":
+        return augment.centre_offsets(shards.IMAGE_SIZE, crop)
+    if views == "ten":
+        return augment.ten_view_offsets(shards.IMAGE_SIZE, crop)
+    raise UserError(f"views = {views!r} is not one of {', '.join(VIEWS)}")
+
+
+class _EvalSteps(torch.utils.data.Dataset):
+    """Item i: images [i * B, (i + 1) * B) of the split in file order, as test views."""
+
+    def __init__(self, split: Split, offsets: np.ndarray, batch_size: int, crop: int):
+        self.images = _Images(split.metas)
+        self.labels = np.concatenate(split.labels)
+        self.starts, self.counts = split.starts, split.counts
+        self.offsets, self.batch_size, self.crop = offsets, batch_size, crop
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, len(self.labels))
+        images = _uint8_buffer((hi - lo, len(self.offsets), self.crop, self.crop, 3))
+        out = images.numpy()
+        # Contiguous runs, one per shard that the batch overlaps.
+        for j in np.flatnonzero((self.starts < hi) & (self.starts + self.counts > lo)):
+            a, b = max(lo, self.starts[j]), min(hi, self.starts[j] + self.counts[j])
+            run = self.images[j][a - self.starts[j]:b - self.starts[j]]
+            augment.take_views(run, self.offsets, self.crop, out=out[a - lo:b - lo])
+        return images, torch.from_numpy(self.labels[lo:hi]), torch.from_numpy(self.offsets)
+
+
+def eval_batches(root: str | Path, split: str, views: str, batch_size: int, workers: int,
+                 crop: int = augment.CROP, pin_memory: bool = False) -> Iterator:
+    """(images uint8 [B, V, crop, crop, 3], labels int64 [B], view_offsets int64 [V, 3]) over a
+    split in file order; V = 1 for "centre", 10 for "ten" (repro.augment.ten_view_offsets order).
+    Normalizer.views turns a batch into one forward pass of B * V inputs."""
+    dataset = _EvalSteps(open_split(root, split), view_offsets(views, crop), batch_size, crop)
+    return _loader(dataset, workers, pin_memory)
+
+
+def make_normalizer(root: str | Path, cfg, device) -> augment.Normalizer:
+    """The Normalizer on the device the config asks for: the training device when
+    augment.on = "device", else the CPU (the caller then moves its output to the device)."""
+    try:
+        stats = shards.read_stats(root)
+    except (OSError, KeyError) as e:
+        raise UserError(f"{Path(root) / shards.STATS} is missing or damaged ({e}): prepare again") from None
+    return augment.Normalizer(stats, cfg.augment, device if cfg.augment.on == "device" else "cpu")
