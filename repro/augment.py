@@ -224,5 +224,5 @@ class Normalizer:
         channels-last. No lighting at test time."""
         b, v = images.shape[:2]
         x = images.to(self.device, non_blocking=True).to(torch.float32)
-        x -= self.mean_crops(torch.as_tensor(np.asarray(view_offsets)).reshape(v, 3))
+        x -= self.mean_crops(torch.as_tensor(view_offsets).reshape(v, 3))
         return x.reshape(b * v, *x.shape[2:]).permute(0, 3, 1, 2)
