@@ -1,0 +1,136 @@
+"""Checkpoints: one directory per checkpoint, one file per tower, written atomically.
+
+    checkpoints/step-00001234/
+        tower0.pt   {"params": {towers.0.* tensors}, "velocity": {same keys}}
+        tower1.pt
+        state.pt    {"step", "epoch", "step_in_epoch", "schedule", "config", ...}  (written last)
+
+One file per tower lets each process of a model-parallel pair write and read only its own tower.
+The directory is written under a temporary name and renamed when complete, so a crash never
+leaves a half-written checkpoint that looks finished. Files are read with
+torch.load(weights_only=True): plain tensors and numbers only, no pickled code.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from repro.errors import UserError
+from repro.model import from_grouped_state
+
+_CKPT = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else ())
+             if (m := _CKPT.match(p.name)) and (p / "state.pt").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def tower_state(model, optimizer=None) -> dict[int, dict]:
+    """{tower: {"params": ..., "velocity": ...}} in two-tower keys, for the towers held here."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    velocity = {}
+    if optimizer is not None:
+        for n, p in model.named_parameters():
+            v = optimizer.state.get(p, {}).get("velocity")
+            if v is not None:
+                velocity[n] = v
+    if model.grouped:
+        params = from_grouped_state(params, model.m)
+        velocity = from_grouped_state(velocity, model.m) if velocity else {}
+    out: dict[int, dict] = {}
+    for n, t in params.items():
+        tower = int(n.split(".")[1])
+        entry = out.setdefault(tower, {"params": {}, "velocity": {}})
+        entry["params"][n] = t.cpu()
+        if n in velocity:
+            entry["velocity"][n] = velocity[n].cpu()
+    return out
+
+
+def save(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int,
+         write_state: bool = True, barrier=None) -> Path:
+    """Write this process's towers (and, if `write_state`, state.pt, then rename into place).
+
+    In a distributed run every process of pair 0 calls this with the same `step`; `barrier` is
+    called between the phases so that the one process with write_state=True renames last.
+    """
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:08d}"
+    tmp = root / f".step-{step:08d}.partial"
+    if write_state:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if barrier:
+        barrier()
+    for tower, entry in tower_state(model, optimizer).items():
+        torch.save(entry, tmp / f"tower{tower}.pt")
+    if barrier:
+        barrier()
+    if write_state:
+        torch.save(state, tmp / "state.pt")
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _load(path: Path, device="cpu"):
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint file {path} is missing") from None
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"checkpoint file {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def read_state(ckpt: str | Path) -> dict:
+    return _load(Path(ckpt) / "state.pt")
+
+
+def load_into(ckpt: str | Path, model, optimizer=None) -> dict:
+    """Load the towers this model holds (and their velocities) from a checkpoint; return state.pt."""
+    ckpt = Path(ckpt)
+    towers = range(model.m.towers) if model.grouped else [int(k) for k in model.towers]
+    params, velocity = {}, {}
+    for t in towers:
+        entry = _load(ckpt / f"tower{t}.pt")
+        params.update(entry["params"])
+        velocity.update(entry["velocity"])
+    if model.grouped:
+        from repro.model import to_grouped_state
+
+        params = to_grouped_state(params, model.m)
+        velocity = to_grouped_state(velocity, model.m) if velocity else {}
+    missing = set(dict(model.named_parameters())) - set(params)
+    if missing:
+        raise UserError(f"{ckpt}: checkpoint does not fit this model (missing {sorted(missing)[0]})")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if params[n].shape != p.shape:
+                raise UserError(f"{ckpt}: {n} has shape {tuple(params[n].shape)}, the model {tuple(p.shape)}")
+            p.copy_(params[n])
+            if optimizer is not None and n in velocity:
+                optimizer.state[p]["velocity"] = velocity[n].to(p.device).clone()
+    return read_state(ckpt)

@@ -1,0 +1,301 @@
+"""`./run.sh train [CONFIG]`: train AlexNet with the paper's recipe (section 5).
+
+SGD on batches of 128 with the paper's update rule (repro.optim), softmax cross-entropy, dropout
+0.5 on fc6 and fc7, validation (centre crop) after every epoch feeding the learning-rate
+schedule. Exactly resumable: the batch stream, the augmentation and the dropout masks are pure
+functions of (seed, epoch, step), and a checkpoint holds the weights, velocities and schedule.
+
+One process (one device, or two GPUs with one tower each), or one tower per process with
+torch.distributed: `./run.sh train --nproc 2` (or `torchrun --nproc-per-node 2 -m repro train`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from repro import checkpoint, data, evaluate, rundir
+from repro.config import DEFAULT_CONFIG, Config, load_config
+from repro.errors import UserError
+from repro.model import AlexNet, _mix
+from repro.optim import PaperSGD, Schedule
+from repro.parallel import Distributed, make_placement
+from repro.progress import Progress
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="./run.sh train", description=__doc__.split("\n\n")[0],
+        epilog="Examples:\n"
+               "  ./run.sh train                                   # the paper's text, default data\n"
+               "  ./run.sh train paper_configs/alexnet_2gpu_code145.toml --data /ssd/shards\n"
+               "  ./run.sh train --run-dir runs/a --resume          # continue where it stopped\n"
+               "  ./run.sh train --nproc 2                          # one tower per process\n"
+               "  ./run.sh train --set optim.lr=0.005 --set train.max_steps=100",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help=f"TOML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)})")
+    p.add_argument("--data", help="directory of prepared shards (default: the config's data.shards)")
+    p.add_argument("--run-dir", help="where the run is written (default runs/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set optim.lr=0.005 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its latest checkpoint, with its own config")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine, one tower each (2 = one model-parallel pair; "
+                        "4 = two pairs, data parallel); launched with torchrun")
+    return p.parse_args(argv)
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_local(args, argv)
+    if args.resume:
+        if not args.run_dir:
+            raise UserError("--resume needs --run-dir (the run to continue)")
+        if args.config:
+            raise UserError("--resume continues the run with its own config.toml: drop CONFIG "
+                            "(change values with --set)")
+        run_dir = Path(args.run_dir)
+        if not (run_dir / rundir.CONFIG).is_file():
+            raise UserError(f"{run_dir} holds no run to resume ({rundir.CONFIG} missing)")
+        cfg = rundir.read_config(run_dir, args.set)
+    else:
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
+        run_dir = Path(args.run_dir or f"runs/{cfg.name}")
+        if checkpoint.latest(run_dir):
+            raise UserError(f"{run_dir} already holds a run: add --resume to continue it, "
+                            f"or choose another --run-dir")
+    data_root = Path(args.data or cfg.data.shards)
+    train(cfg, data_root, run_dir, resume=args.resume)
+    return 0
+
+
+def launch_local(args, argv) -> int:
+    """Start `--nproc` processes on this machine with torchrun (the same as typing it)."""
+    from torch.distributed.run import main as torchrun
+
+    rest = [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
+            and not (i > 0 and argv[i - 1] == "--nproc")]
+    torchrun(["--standalone", f"--nproc-per-node={args.nproc}", "-m", "repro", "train", *rest])
+    return 0
+
+
+# ------------------------------------------------------------------------------ the loop
+
+@dataclass
+class Position:
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    step: int = 0  # global steps completed
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask the loop to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def init_distributed() -> None:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+
+
+def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> Path:
+    """Train until cfg.schedule.epochs (or train.max_steps, or a stop signal). Returns run_dir."""
+    init_distributed()
+    placement = make_placement(cfg.train.placement, cfg.model.towers, cfg.train.device)
+    distributed = isinstance(placement, Distributed)
+    rank = dist.get_rank() if distributed else 0
+    part, parts = (placement.pair, placement.pairs) if distributed else (0, 1)
+    main_process = rank == 0
+    device = placement.output_device
+    if not (data_root / "manifest.json").is_file():
+        raise UserError(f"no prepared data in {data_root} (manifest.json missing): run "
+                        f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
+                        f"to try everything on generated data")
+
+    model = AlexNet.from_config(cfg, placement=placement)
+    if cfg.speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = PaperSGD.from_config(model, cfg.optim)
+    schedule = Schedule(cfg.schedule, cfg.optim.lr)
+    pos = Position()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        ckpt = checkpoint.latest(run_dir)
+        if ckpt is None:
+            raise UserError(f"{run_dir} has no finished checkpoint to resume from")
+        state = checkpoint.load_into(ckpt, model, optimizer)
+        schedule.load_state_dict(state["schedule"])
+        pos = Position(state["epoch"], state["step_in_epoch"], state["step"])
+    forward = torch.compile(model) if cfg.speed.compile else model
+    normalizer = data.make_normalizer(data_root, cfg, device)
+    steps = data.steps_per_epoch(data_root, cfg, parts)
+    metrics = None
+    if main_process:
+        rundir.write_config(run_dir, cfg)
+        rundir.write_provenance(run_dir, cfg, data_root, {
+            "placement": type(placement).__name__, "device": str(device),
+            "world_size": dist.get_world_size() if distributed else 1,
+            "resumed_from_step": pos.step if resume else None})
+        metrics = rundir.Metrics(run_dir)
+        metrics.write("event", event="resume" if resume else "start", step=pos.step, epoch=pos.epoch)
+
+    def save():
+        state = {"step": pos.step, "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch,
+                 "schedule": schedule.state_dict(), "config": cfg.name}
+        if not distributed:
+            return checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints)
+        barrier = lambda: dist.barrier()  # noqa: E731
+        # Pair 0 writes (the other pairs hold the same weights); rank 0 writes state.pt last.
+        if placement.pair == 0:
+            checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints,
+                            write_state=main_process, barrier=lambda: dist.barrier(placement.pair_group))
+        barrier()
+
+    stop = StopRequest()
+    autocast = torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and device.type == "cuda" else _null()
+    try:
+        while pos.epoch < cfg.schedule.epochs:
+            epoch = pos.epoch
+            optimizer.set_lr(schedule.lr(epoch))
+            optimizer.freeze("conv1", schedule.conv1_frozen(epoch))
+            model.train()
+            window = _Window()
+            bar = Progress(steps - pos.step_in_epoch, f"epoch {epoch + 1}/{cfg.schedule.epochs}",
+                           unit="step", stream=None if main_process else open(os.devnull, "w"))
+            waited = time.perf_counter()
+            for batch in data.train_batches(data_root, cfg, epoch, pos.step_in_epoch, part, parts,
+                                            pin_memory=device.type == "cuda"):
+                x = normalizer.train(batch).to(device, non_blocking=True)
+                y = batch.labels.to(device, non_blocking=True)
+                ready = time.perf_counter()
+                model.reseed_dropout(_mix(cfg.train.seed, epoch, pos.step_in_epoch, part))
+                with autocast:
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                placement.sync_gradients(model)
+                bad, stop_now = _agree(distributed, not math.isfinite(loss.item()), stop.requested, device)
+                if bad:
+                    raise UserError(
+                        f"loss became {loss.item()} at step {pos.step + 1} (epoch {epoch + 1}); stopped "
+                        f"without saving these weights; last good checkpoint: {checkpoint.latest(run_dir)}. "
+                        f"Try a lower optim.lr")
+                optimizer.step()
+                pos.step += 1
+                pos.step_in_epoch += 1
+                window.add(loss.item(), logits.detach(), y, len(y) * parts, ready - waited,
+                           time.perf_counter() - waited)
+                bar.update(1)
+                if metrics and pos.step % cfg.train.log_every == 0:
+                    metrics.write("train", step=pos.step, epoch=epoch + pos.step_in_epoch / steps,
+                                  lr=schedule.lr(epoch), **window.flush())
+                limit = cfg.train.max_steps and pos.step >= cfg.train.max_steps
+                if stop_now or limit or (cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0):
+                    path = save()
+                    if stop_now or limit:
+                        if main_process:
+                            why = "stop signal" if stop_now else f"train.max_steps = {cfg.train.max_steps}"
+                            metrics.write("event", event="stop", reason=why, step=pos.step)
+                            print(f"stopped at step {pos.step} ({why}); checkpoint {path}; "
+                                  f"continue with: ./run.sh train --run-dir {run_dir} --resume", flush=True)
+                        bar.close()
+                        return run_dir
+                waited = time.perf_counter()
+            bar.close()
+            val = validate(model, cfg, data_root, normalizer)
+            pos.epoch, pos.step_in_epoch = epoch + 1, 0
+            reduced = schedule.end_epoch(pos.epoch, val.top1)
+            if metrics:
+                metrics.write("val", epoch=pos.epoch, step=pos.step, lr=schedule.lr(epoch),
+                              views="centre", split=cfg.data.eval_split, **val.as_dict())
+                if reduced:
+                    metrics.write("event", event="lr_divided", epoch=pos.epoch, lr=schedule.lr(pos.epoch))
+                print(f"epoch {pos.epoch}: validation top-1 {val.top1:.2%}, top-5 {val.top5:.2%} "
+                      f"(centre crop, {val.images} images)" + ("; learning rate divided" if reduced else ""),
+                      flush=True)
+            save()
+    finally:
+        stop.restore()
+        if metrics:
+            metrics.close()
+    return run_dir
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _agree(distributed: bool, bad: bool, stop: bool, device) -> tuple[bool, bool]:
+    """Every process must take the same decision (a NaN on one pair, a signal seen by one process)."""
+    if not distributed:
+        return bad, stop
+    flags = torch.tensor([float(bad), float(stop)], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
+
+
+def validate(model, cfg: Config, data_root: Path, normalizer) -> evaluate.Errors:
+    """Centre-crop top-1 / top-5 error on cfg.data.eval_split (feeds the plateau schedule)."""
+    probs, labels = evaluate.predict(model, data_root, cfg.data.eval_split, "centre",
+                                     cfg.eval.batch_size, cfg.data.workers, normalizer)
+    model.train()
+    return evaluate.errors(probs, labels)
+
+
+class _Window:
+    """Training statistics between two metric lines: mean loss, train error, speed, data wait."""
+
+    def __init__(self):
+        self.steps = self.rows = self.images = 0
+        self.loss = self.miss1 = self.miss5 = self.wait = self.busy = 0.0
+
+    def add(self, loss, logits, labels, images, wait, total):
+        e = evaluate.topk_errors(logits, labels)
+        self.steps += 1
+        self.rows += len(labels)
+        self.images += images  # over all data-parallel parts
+        self.loss += loss
+        self.miss1 += e[1] * len(labels)
+        self.miss5 += e[5] * len(labels)
+        self.wait += wait
+        self.busy += total
+
+    def flush(self) -> dict:
+        out = {"loss": self.loss / max(self.steps, 1), "top1_error": self.miss1 / max(self.rows, 1),
+               "top5_error": self.miss5 / max(self.rows, 1),
+               "img_per_s": self.images / max(self.busy, 1e-9), "data_wait_s": self.wait}
+        self.__init__()
+        return out
