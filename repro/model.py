@@ -198,7 +198,9 @@ class AlexNet(nn.Module):
         init_weights(model, init or full.init, full.train.seed if seed is None else seed)
         return model
 
-    def forward(self, x):
+    def forward(self, x, fc7: bool = False):
+        """Logits (B, num_classes); with fc7=True also the fc7 activations of all towers
+        (B, 4096), the features of the paper's Figure 4 (nearest neighbours)."""
         place, cross = self.placement, self.m.cross_links
         towers = list(self.towers.values())
         xs = place.scatter(x, len(towers))  # every tower sees the whole image
@@ -213,7 +215,8 @@ class AlexNet(nn.Module):
             h = place.exchange(h, "fc7")  # fc7 reads both towers
         h = [t.fc7_stage(hi) for t, hi in zip(towers, h)]
         h = place.exchange(h, "fc8")  # fc8 reads both towers, even without cross links
-        return place.collect([t.fc8(hi) for t, hi in zip(towers, h)])  # (B, num_classes)
+        logits = place.collect([t.fc8(hi) for t, hi in zip(towers, h)])  # (B, num_classes)
+        return (logits, h[0].to(logits.device)) if fc7 else logits
 
     def reseed_dropout(self, seed: int) -> None:
         """Seed each tower's dropout masks from (seed, tower, layer): same masks in every placement.
