@@ -11,9 +11,10 @@ calls this on its own tensor). The two flavours differ only in alpha':
 Three implementations of each normalisation, all with the same semantics:
     lrn_reference, same_map_norm_reference   the formula written out as a loop; slow; tests only
     lrn(..., fast=False), same_map_norm(..., fast=False)   plain tensor ops, autograd does the rest
-    lrn(..., fast=True),  same_map_norm(..., fast=True)    (default) a hand-written backward,
-        batch processed in cache-sized chunks on a CPU; see `_PowerNorm`. About 5-8x faster than
-        torch.nn.LocalResponseNorm for forward + backward (benchmarks/bench_lrn.py measures it).
+    lrn(..., fast=True),  same_map_norm(..., fast=True)    (default) a hand-written backward
+        that saves little and uses cheap passes; on a CPU the batch goes in cache-sized chunks
+        to one single-threaded worker per core. See `_PowerNorm`; benchmarks/bench_lrn.py
+        measures it against torch.nn.LocalResponseNorm.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from repro.cpu_threads import run_parts
+
 SIZE, K, ALPHA, BETA = 5, 2.0, 1e-4, 0.75
 ALPHA_PER_TERM = {"paper": ALPHA, "code145": ALPHA / SIZE}
 
@@ -32,8 +35,9 @@ ALPHA_PER_TERM = {"paper": ALPHA, "code145": ALPHA / SIZE}
 RNORM_SIZE, RNORM_K, RNORM_SCALE, RNORM_POWER = 5, 1.0, 0.001 / 25, 0.75
 
 # On a CPU the fast path works through the batch in chunks of about this many bytes per
-# scratch tensor, so that its intermediate passes stay in the cache (measured: 1-4 MB is best).
-CPU_CHUNK_BYTES = 2 << 20
+# scratch tensor, so that its passes stay in the cache; the chunks are shared out among one
+# single-threaded worker per core (repro.cpu_threads says why).
+CPU_CHUNK_BYTES = 1 << 20  # about one core's L2 cache (measured: 0.5-2 MB best)
 
 
 # --------------------------------------------------------------------------- the reference
@@ -89,80 +93,118 @@ def _same_map_norm_plain(x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- fast
 
-def _window_sum_1d(src: torch.Tensor, dst: torch.Tensor, dim: int, base: float) -> None:
-    """dst = base + sum of src over the 5 positions centred on each index along `dim`
-    (zeros past the ends), as one copy and four shifted in-place adds."""
-    length = src.shape[dim]
-    torch.add(src, base, out=dst)
-    for shift in range(1, SIZE // 2 + 1):
-        if shift >= length:
-            break
-        n = length - shift
-        dst.narrow(dim, shift, n).add_(src.narrow(dim, 0, n))  # neighbour below
-        dst.narrow(dim, 0, n).add_(src.narrow(dim, shift, n))  # neighbour above
+class _WindowSum:
+    """Scratch for dst = k + alpha * window_sum(src) over chunks of `shape` = (rows, C, ...):
+    over 5 channels (dims (1,)) or over a 5x5 patch of each map (dims (3, 2): along W, then H).
+
+    Each stage along one dim reads a buffer with 2 extra entries on each side of that dim and
+    sums 5 neighbours in 3 ops: pairs, pairs of pairs, plus the fifth. k is spread over the
+    window: each input cell carries k / 5^len(dims) (as do the padding entries), so that the
+    sum comes out as k + alpha * sum without a pass of its own."""
+
+    def __init__(self, shape: tuple, dims: tuple, like: torch.Tensor, k: float):
+        self.dims, self.share = dims, k / SIZE ** len(dims)
+        self.bufs, self.tmps = [], []
+        for stage, dim in enumerate(dims):
+            n = shape[dim]
+            buf = like.new_empty(_grown(shape, dim, 4))
+            buf.narrow(dim, 0, 2).fill_(self.share * SIZE ** stage)  # the padding: zeros of
+            buf.narrow(dim, n + 2, 2).fill_(self.share * SIZE ** stage)  # the sum, plus k's share
+            self.bufs.append(buf)
+            self.tmps.append(like.new_empty(_grown(shape, dim, 3)))
+        self.out = like.new_empty(shape)
+
+    def input(self, rows: int) -> torch.Tensor:
+        """Where to write alpha * src (+ self.share) for the first `rows` rows."""
+        dim = self.dims[0]
+        return self.bufs[0][:rows].narrow(dim, 2, self.out.shape[dim])
+
+    def __call__(self, rows: int) -> torch.Tensor:
+        """The window sum of what was written to input(rows)."""
+        for stage, dim in enumerate(self.dims):
+            src, tmp, n = self.bufs[stage][:rows], self.tmps[stage][:rows], self.out.shape[dim]
+            if stage + 1 < len(self.dims):
+                nxt = self.dims[stage + 1]
+                dst = self.bufs[stage + 1][:rows].narrow(nxt, 2, self.out.shape[nxt])
+            else:
+                dst = self.out[:rows]
+            torch.add(src.narrow(dim, 0, n + 3), src.narrow(dim, 1, n + 3), out=tmp)  # j, j+1
+            torch.add(tmp.narrow(dim, 0, n), tmp.narrow(dim, 2, n), out=dst)  # j .. j+3
+            dst.add_(src.narrow(dim, 4, n))  # j .. j+4, i.e. i-2 .. i+2 in unpadded indices
+        return self.out[:rows]
 
 
-def _window_sum(src: torch.Tensor, dst: torch.Tensor, tmp: torch.Tensor, base: float,
-                spatial: bool) -> None:
-    """dst = base + window sum of src: over 5 channels (dim 1), or over a 5x5 patch of each
-    map (separable: along W into tmp, then along H). src may be overwritten."""
-    if spatial:
-        _window_sum_1d(src, tmp, 3, 0.0)
-        _window_sum_1d(tmp, dst, 2, base)
-    else:
-        _window_sum_1d(src, dst, 1, base)
+def _grown(shape: tuple, dim: int, by: int) -> tuple:
+    return tuple(s + by if d == dim else s for d, s in enumerate(shape))
 
 
-def _chunks(x: torch.Tensor, n_scratch: int):
-    """Yield (batch slice, scratch tensors) covering the batch of x. On a CPU a chunk is a few
-    samples, so the scratch stays in the cache; elsewhere (CUDA) the whole batch at once."""
+def _chunks(x: torch.Tensor) -> tuple[int, list[slice]]:
+    """Split the batch: on a CPU into chunks of a few samples, so that each worker's scratch
+    stays in the cache (and is not freshly paged in for every pass); elsewhere (CUDA) the
+    whole batch is one chunk."""
     batch = x.shape[0]
-    per_sample = max(1, math.prod(x.shape[1:]) * x.element_size())
-    rows = batch if x.device.type != "cpu" else max(1, min(batch, CPU_CHUNK_BYTES // per_sample))
-    scratch = [x.new_empty((rows,) + x.shape[1:]) for _ in range(n_scratch)]
-    for start in range(0, batch, rows):
-        stop = min(start + rows, batch)
-        yield slice(start, stop), [s[:stop - start] for s in scratch]
+    if x.device.type != "cpu":
+        rows = max(1, batch)
+    else:
+        per_sample = max(1, math.prod(x.shape[1:]) * x.element_size())
+        rows = max(1, min(batch, CPU_CHUNK_BYTES // per_sample))
+    return rows, [slice(start, start + rows) for start in range(0, batch, rows)]
 
 
-def _forward(x: torch.Tensor, k: float, alpha: float, spatial: bool,
+def _forward(x: torch.Tensor, k: float, alpha: float, dims: tuple,
              save: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """out = x * d^-3/4 with d = k + alpha * window_sum(x^2); also q = d^-1/4 if `save`.
 
     d^-3/4 is computed as rsqrt(d) * sqrt(rsqrt(d)): three cheap passes instead of a pow with
-    a fractional exponent (2x slower here), and about as exact (within 4e-7 relative of a
-    float64 computation in float32)."""
+    a fractional exponent (2x slower here), and about as exact (within 5e-7 relative of a
+    float64 computation, in float32)."""
     out = torch.empty_like(x)
     q = torch.empty_like(x) if save else None
-    zero = x.new_zeros(())
-    for rows, (a, b, c) in _chunks(x, 3):
-        xc = x[rows]
-        torch.addcmul(zero, xc, xc, value=alpha, out=a)  # alpha * x^2
-        _window_sum(a, b, c, k, spatial)                 # b = d
-        torch.rsqrt(b, out=a)                            # a = d^-1/2
-        qc = q[rows] if save else c
-        torch.sqrt(a, out=qc)                            # d^-1/4
-        a.mul_(qc)                                       # a = d^-3/4
-        torch.mul(xc, a, out=out[rows])
+    rows, chunks = _chunks(x)
+
+    def work(mine: list[slice]) -> None:
+        window = _WindowSum((rows,) + x.shape[1:], dims, x, k)
+        share = x.new_full((), window.share)
+        for chunk in mine:
+            xc = x[chunk]
+            m = xc.shape[0]
+            a = window.input(m)
+            torch.addcmul(share, xc, xc, value=alpha, out=a)  # alpha x^2 (+ k's share)
+            d = window(m)                                     # k + alpha window_sum(x^2)
+            torch.rsqrt(d, out=a)                             # d^-1/2
+            qc = q[chunk] if save else d
+            torch.sqrt(a, out=qc)                             # d^-1/4
+            a.mul_(qc)                                        # d^-3/4
+            torch.mul(xc, a, out=out[chunk])
+
+    run_parts(work, chunks)
     return out, q
 
 
 def _backward(g: torch.Tensor, x: torch.Tensor, q: torch.Tensor, alpha: float,
-              spatial: bool) -> torch.Tensor:
+              dims: tuple) -> torch.Tensor:
     """grad_x = g d^-3/4 - 2 alpha beta x window_sum(g x d^-7/4), the window being symmetric.
 
     From b_i = a_i d_i^-beta, d_i = k + alpha sum_{j in N(i)} a_j^2:
     dL/da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i in N(j)} g_i a_i d_i^(-beta-1)."""
     gx = torch.empty_like(x)
-    for rows, (a, b, c) in _chunks(x, 3):
-        qc, xc, gxc = q[rows], x[rows], gx[rows]
-        torch.mul(qc, qc, out=a)                  # d^-1/2
-        torch.mul(a, qc, out=b)                   # d^-3/4
-        torch.mul(g[rows], b, out=gxc)            # g d^-3/4
-        a.mul_(a)                                 # d^-1
-        torch.mul(gxc, xc, out=b).mul_(a)         # g x d^-7/4
-        _window_sum(b, a, c, 0.0, spatial)
-        gxc.addcmul_(a, xc, value=-2.0 * alpha * BETA)
+    rows, chunks = _chunks(x)
+
+    def work(mine: list[slice]) -> None:
+        window = _WindowSum((rows,) + x.shape[1:], dims, x, 0.0)
+        e = x.new_empty((rows,) + x.shape[1:])
+        for chunk in mine:
+            qc, xc, gxc = q[chunk], x[chunk], gx[chunk]
+            m = xc.shape[0]
+            u, ec = window.input(m), e[:m]
+            torch.mul(qc, qc, out=ec)                 # d^-1/2
+            torch.mul(ec, qc, out=u)                  # d^-3/4
+            torch.mul(g[chunk], u, out=gxc)           # g d^-3/4
+            ec.mul_(ec)                               # d^-1
+            torch.mul(gxc, xc, out=u).mul_(ec)        # g x d^-7/4
+            gxc.addcmul_(window(m), xc, value=-2.0 * alpha * BETA)
+
+    run_parts(work, chunks)
     return gx
 
 
@@ -172,26 +214,29 @@ class _PowerNorm(torch.autograd.Function):
     Not twice differentiable: use fast=False for double backward."""
 
     @staticmethod
-    def forward(ctx, x, k, alpha, spatial):
-        out, q = _forward(x, k, alpha, spatial, save=True)
+    def forward(ctx, x, k, alpha, dims):
+        out, q = _forward(x, k, alpha, dims, save=True)
         ctx.save_for_backward(x, q)
-        ctx.alpha, ctx.spatial = alpha, spatial
+        ctx.alpha, ctx.dims = alpha, dims
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         x, q = ctx.saved_tensors
-        return _backward(g, x, q, ctx.alpha, ctx.spatial), None, None, None
+        return _backward(g, x, q, ctx.alpha, ctx.dims), None, None, None
 
 
-def _power_norm_fast(x: torch.Tensor, k: float, alpha: float, spatial: bool) -> torch.Tensor:
+CHANNELS, SPATIAL = (1,), (3, 2)  # window dims: 5 neighbouring maps; 5x5 patch (W, then H)
+
+
+def _power_norm_fast(x: torch.Tensor, k: float, alpha: float, dims: tuple) -> torch.Tensor:
     if BETA != 0.75 or RNORM_POWER != 0.75:  # the rsqrt/sqrt trick is for beta = 3/4 only
         raise NotImplementedError("the fast path computes d^-3/4; use fast=False")
     x = x.contiguous()
     if torch.is_grad_enabled() and x.requires_grad:
-        return _PowerNorm.apply(x, k, alpha, spatial)
-    return _forward(x, k, alpha, spatial, save=False)[0]
+        return _PowerNorm.apply(x, k, alpha, dims)
+    return _forward(x, k, alpha, dims, save=False)[0]
 
 
 # --------------------------------------------------------------------------- public
@@ -200,8 +245,7 @@ def lrn(x: torch.Tensor, flavour: str, fast: bool = True) -> torch.Tensor:
     """Cross-map LRN (section 3.3) of one tower's activations x: [B, C, ...]."""
     if fast:
         shape = x.shape
-        out = _power_norm_fast(x.reshape(shape[0], shape[1], math.prod(shape[2:])), K, ALPHA_PER_TERM[flavour],
-                               spatial=False)
+        out = _power_norm_fast(x.reshape(shape[0], shape[1], math.prod(shape[2:])), K, ALPHA_PER_TERM[flavour], CHANNELS)
         return out.view(shape)
     return _lrn_plain(x, flavour)
 
@@ -212,7 +256,7 @@ def same_map_norm(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"same_map_norm expects [B, C, H, W], got shape {tuple(x.shape)}")
     if fast:
-        return _power_norm_fast(x, RNORM_K, RNORM_SCALE, spatial=True)
+        return _power_norm_fast(x, RNORM_K, RNORM_SCALE, SPATIAL)
     return _same_map_norm_plain(x)
 
 
