@@ -154,3 +154,18 @@ def test_modules():
     assert "alpha'=2e-05" in repr(L.LRN("code145"))
     with pytest.raises(ValueError, match="flavour"):
         L.LRN("caffe")
+
+
+def test_inference_mode_and_one_thread(tiny_chunks):
+    x = activations((3, 8, 4, 4), 100.0)
+    expected = L.lrn_reference(x.double(), "code145")
+    with torch.inference_mode():
+        torch.testing.assert_close(L.lrn(x, "code145").double(), expected, rtol=1e-6, atol=1e-30)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # everything inline in the calling thread
+    try:
+        torch.testing.assert_close(L.lrn(x, "code145").double(), expected, rtol=1e-6, atol=1e-30)
+        xg = x.double().requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: L.lrn(t, "code145"), (xg,))
+    finally:
+        torch.set_num_threads(before)
