@@ -166,6 +166,8 @@ def main(argv: list[str]) -> int:
             print(f"bench: {name} failed:\n{traceback.format_exc()}", file=sys.stderr)
     if args.json:
         print(json.dumps([{**r, "machine": header} for r in rows], indent=1))
-    else:
+    elif rows:
         print(table(rows, header))
+    else:
+        print(f"machine: {header}\nno benchmark ran")
     return 1 if failed else 0
