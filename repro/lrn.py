@@ -227,9 +227,6 @@ class _PowerNorm(torch.autograd.Function):
         return _backward(g, x, q, ctx.alpha, ctx.dims), None, None, None
 
 
-CHANNELS, SPATIAL = (1,), (3, 2)  # window dims: 5 neighbouring maps; 5x5 patch (W, then H)
-
-
 def _power_norm_fast(x: torch.Tensor, k: float, alpha: float, dims: tuple) -> torch.Tensor:
     if BETA != 0.75 or RNORM_POWER != 0.75:  # the rsqrt/sqrt trick is for beta = 3/4 only
         raise NotImplementedError("the fast path computes d^-3/4; use fast=False")
@@ -239,25 +236,48 @@ def _power_norm_fast(x: torch.Tensor, k: float, alpha: float, dims: tuple) -> to
     return _forward(x, k, alpha, dims, save=False)[0]
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor stored as [B, H, W, C] (NHWC) and not also as [B, C, H, W]."""
+    return (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous())
+
+
 # --------------------------------------------------------------------------- public
 
-def lrn(x: torch.Tensor, flavour: str, fast: bool = True) -> torch.Tensor:
-    """Cross-map LRN (section 3.3) of one tower's activations x: [B, C, ...]."""
-    if fast:
-        shape = x.shape  # any trailing dims: the window runs along dim 1 only
-        flat = x.reshape(shape[0], shape[1], math.prod(shape[2:]))
-        return _power_norm_fast(flat, K, ALPHA_PER_TERM[flavour], CHANNELS).view(shape)
-    return _lrn_plain(x, flavour)
+def lrn(x: torch.Tensor, flavour: str, fast: bool = True, groups: int = 1) -> torch.Tensor:
+    """Cross-map LRN (section 3.3) of x: [B, C, ...], the window running along dim 1.
+
+    `groups` > 1: the C maps are that many towers' maps side by side (the grouped emulation);
+    the window stays inside each group. The fast path works in x's own memory layout: on an
+    NHWC (channels-last) tensor the maps are the innermost dim, and the result is NHWC too.
+    """
+    b, c = x.shape[:2]
+    if c % groups:
+        raise ValueError(f"{c} maps do not split into {groups} groups")
+    alpha = ALPHA_PER_TERM[flavour]
+    if not fast:
+        parts = x.reshape(b * groups, c // groups, *x.shape[2:])
+        return _lrn_plain(parts, flavour).reshape(x.shape)
+    if is_channels_last(x):
+        h, w = x.shape[2:]
+        nhwc = x.permute(0, 2, 3, 1).reshape(b, h * w, groups, c // groups)  # a view
+        out = _power_norm_fast(nhwc, K, alpha, (3,))
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)  # [B, C, H, W], NHWC in memory
+    flat = x.reshape(b, groups, c // groups, math.prod(x.shape[2:]))  # any trailing dims
+    return _power_norm_fast(flat, K, alpha, (2,)).view(x.shape)
 
 
 def same_map_norm(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Code 145's `rnorm` (not in the paper): each map normalised by the activity in a 5x5
-    patch of itself. x: [B, C, H, W]."""
+    patch of itself. x: [B, C, H, W] (NCHW or channels-last; the result has x's layout)."""
     if x.dim() != 4:
         raise ValueError(f"same_map_norm expects [B, C, H, W], got shape {tuple(x.shape)}")
-    if fast:
-        return _power_norm_fast(x, RNORM_K, RNORM_SCALE, SPATIAL)
-    return _same_map_norm_plain(x)
+    if not fast:
+        return _same_map_norm_plain(x)
+    if is_channels_last(x):  # [B, H, W, C] in memory: the patch runs along W (dim 2), then H
+        out = _power_norm_fast(x.permute(0, 2, 3, 1), RNORM_K, RNORM_SCALE, (2, 1))
+        return out.permute(0, 3, 1, 2)
+    return _power_norm_fast(x, RNORM_K, RNORM_SCALE, (3, 2))  # along W, then H
 
 
 class LRN(nn.Module):
@@ -269,8 +289,8 @@ class LRN(nn.Module):
             raise ValueError(f"LRN flavour must be one of {list(ALPHA_PER_TERM)}, got {flavour!r}")
         self.flavour, self.fast = flavour, fast
 
-    def forward(self, x):
-        return lrn(x, self.flavour, self.fast)
+    def forward(self, x, groups: int = 1):
+        return lrn(x, self.flavour, self.fast, groups)
 
     def extra_repr(self):
         return (f"flavour={self.flavour}, size={SIZE}, k={K}, "
