@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from repro.config import LAYERS, Config, InitConfig, ModelConfig
+from repro.config import LAYERS, Config, InitConfig, ModelConfig, SpeedConfig
+from repro.conv1 import StridedConv2d
 from repro.lrn import LRN, SameMapNorm
 
 CONV1_CEIL_PAD = 3  # 224 + 3 = 227 = 4 * 54 + 11: the 2012 code's last window hangs 3 pixels over
@@ -43,7 +44,9 @@ class Dropout(nn.Module):
     """Dropout with its own random stream (section 4.2).
 
     Each tower draws its masks from a generator seeded by `reseed`, so that every placement
-    (one device, two devices, two processes) draws the same masks for the same tower.
+    (one device, two devices, two processes) draws the same masks for the same tower. The
+    grouped emulation passes one seed per tower: its units are the towers' side by side, and
+    each tower's share of the mask comes from that tower's own stream.
     scaling "test": the paper's form, units zeroed in training and outputs x (1 - p) at test;
     scaling "train": inverted dropout, x 1 / (1 - p) in training, equal in expectation.
     """
@@ -51,24 +54,26 @@ class Dropout(nn.Module):
     def __init__(self, p: float, scaling: str):
         super().__init__()
         self.p, self.scaling = p, scaling
-        self.seed: int | None = None
-        self._gen: torch.Generator | None = None
+        self.seeds: tuple[int, ...] = ()
+        self._gens: list[torch.Generator] = []
 
-    def reseed(self, seed: int) -> None:
-        self.seed, self._gen = seed, None
+    def reseed(self, *seeds: int) -> None:
+        self.seeds, self._gens = seeds, []
 
     def forward(self, x):
         if self.p == 0:
             return x
         if not self.training:
             return x * (1 - self.p) if self.scaling == "test" else x
-        gen = None
-        if self.seed is not None:
-            if self._gen is None or self._gen.device != x.device:
-                self._gen = torch.Generator(device=x.device)
-                self._gen.manual_seed(self.seed)
-            gen = self._gen
-        keep = torch.rand(x.shape, generator=gen, device=x.device) >= self.p
+        if self.seeds and (not self._gens or self._gens[0].device != x.device):
+            self._gens = [torch.Generator(device=x.device).manual_seed(s) for s in self.seeds]
+        if len(self._gens) > 1:  # one tower's share of the units from each stream
+            share = (x.shape[0], x.shape[1] // len(self._gens)) + tuple(x.shape[2:])
+            keep = torch.cat([torch.rand(share, generator=g, device=x.device) for g in self._gens], 1)
+        else:
+            gen = self._gens[0] if self._gens else None
+            keep = torch.rand(x.shape, generator=gen, device=x.device)
+        keep = keep >= self.p
         x = x * keep
         return x / (1 - self.p) if self.scaling == "train" else x
 
@@ -97,14 +102,17 @@ class Tower(nn.Module):
     """One tower: half of every layer. With `groups` > 1 it is instead the single-module
     emulation of all towers at once (grouped convolutions, LRN kept inside each group)."""
 
-    def __init__(self, m: ModelConfig, index: int | None, groups: int = 1, fast_lrn: bool = True):
+    def __init__(self, m: ModelConfig, index: int | None, groups: int = 1,
+                 speed: SpeedConfig | None = None):
         super().__init__()
+        speed = speed or SpeedConfig()
         t, w, g = m.towers, m.widths, groups
         per = {k: v // t * g for k, v in dataclasses.asdict(w).items()}  # this module's widths
         # how many towers' maps conv3, fc6 and fc7 read (the grouped module already holds them all)
         cross = t if m.cross_links and g == 1 else 1
         self.m, self.groups = m, g
-        self.conv1 = skip_init(nn.Conv2d, 3, per["conv1"], 11, stride=4,
+        conv1 = StridedConv2d if speed.fast_conv1 else nn.Conv2d  # the same layer; see repro/conv1.py
+        self.conv1 = skip_init(conv1, 3, per["conv1"], 11, stride=4,
                                padding=2 if m.conv1_padding == "symmetric" else 0)
         self.conv2 = skip_init(nn.Conv2d, per["conv1"], per["conv2"], 5, padding=2, groups=g)
         self.conv3 = skip_init(nn.Conv2d, per["conv2"] * cross, per["conv3"], 3, padding=1,
@@ -117,8 +125,8 @@ class Tower(nn.Module):
         with warnings.catch_warnings():  # code 145: tower 1 holds an empty share of fc8
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             self.fc8 = skip_init(nn.Linear, w.fc7, n_logits)  # fc8 always reads every tower
-        self.lrn = LRN(m.lrn, fast=fast_lrn) if m.lrn != "none" else None
-        self.rnorm = SameMapNorm(fast=fast_lrn) if m.conv2_rnorm else None
+        self.lrn = LRN(m.lrn, fast=speed.fast_lrn) if m.lrn != "none" else None
+        self.rnorm = SameMapNorm(fast=speed.fast_lrn) if m.conv2_rnorm else None
         self.pool = nn.MaxPool2d(3, 2) if m.pool == "overlap" else nn.MaxPool2d(2, 2)
         self.drop6 = Dropout(m.dropout, m.dropout_scaling)
         self.drop7 = Dropout(m.dropout, m.dropout_scaling)
@@ -132,37 +140,37 @@ class Tower(nn.Module):
         """Apply a normalisation within each tower's own maps (never across the tower boundary)."""
         if norm is None:
             return x
-        if self.groups == 1:
-            return norm(x)
-        b, c, h, w = x.shape
-        return norm(x.reshape(b * self.groups, c // self.groups, h, w)).reshape(b, c, h, w)
+        if isinstance(norm, LRN):  # across maps: the window stays inside each group's maps
+            return norm(x, groups=self.groups)
+        return norm(x)  # SameMapNorm: within each map, so groups cannot mix
 
     # Each stage reads this tower's own maps unless AlexNet.forward has exchanged them before.
+    # ReLU works in place: no layer before it needs its own output for the backward pass.
 
     def conv1_stage(self, x):  # (B, 3, 224, 224) -> (B, 48, 27, 27)
         if self.m.conv1_padding == "ceil":
             x = F.pad(x, (0, CONV1_CEIL_PAD, 0, CONV1_CEIL_PAD))
         x = self.conv1(x)  # (B, 48, 55, 55)
         if self.m.conv1_order == "paper":  # ReLU, LRN, pool (section 3.5)
-            return self.pool(self._norm(F.relu(x), self.lrn))
-        return F.relu(self.pool(self._norm(x, self.lrn)))  # code 145: LRN on the pre-activation
+            return self.pool(self._norm(F.relu(x, inplace=True), self.lrn))
+        return F.relu(self.pool(self._norm(x, self.lrn)), inplace=True)  # code 145: LRN on the pre-activation
 
     def conv2_stage(self, x):  # (B, 48, 27, 27) -> (B, 128, 13, 13)
-        x = self._norm(F.relu(self.conv2(x)), self.lrn)
+        x = self._norm(F.relu(self.conv2(x), inplace=True), self.lrn)
         x = self._norm(x, self.rnorm)  # code 145 only: same-map 5x5 normalisation
         return self.pool(x)
 
     def conv3_to_5(self, x):  # (B, 256 or 128, 13, 13) -> (B, 128 * 6 * 6)
-        x = F.relu(self.conv3(x))  # (B, 192, 13, 13)
-        x = F.relu(self.conv4(x))  # (B, 192, 13, 13)
-        x = self.pool(F.relu(self.conv5(x)))  # (B, 128, 6, 6)
+        x = F.relu(self.conv3(x), inplace=True)  # (B, 192, 13, 13)
+        x = F.relu(self.conv4(x), inplace=True)  # (B, 192, 13, 13)
+        x = self.pool(F.relu(self.conv5(x), inplace=True))  # (B, 128, 6, 6)
         return torch.flatten(x, 1)  # channel-major, so concatenating towers then flattening is the same
 
     def fc6_stage(self, x):  # (B, 9216 or 4608) -> (B, 2048)
-        return self.drop6(F.relu(self.fc6(x)))
+        return self.drop6(F.relu(self.fc6(x), inplace=True))
 
     def fc7_stage(self, x):  # (B, 4096 or 2048) -> (B, 2048)
-        return self.drop7(F.relu(self.fc7(x)))
+        return self.drop7(F.relu(self.fc7(x), inplace=True))
 
 
 class AlexNet(nn.Module):
@@ -173,7 +181,8 @@ class AlexNet(nn.Module):
     grouped convolutions (same function, different parameter layout: see to_grouped_state).
     """
 
-    def __init__(self, m: ModelConfig, placement=None, grouped: bool = False, fast_lrn: bool = True):
+    def __init__(self, m: ModelConfig, placement=None, grouped: bool = False,
+                 speed: SpeedConfig | None = None):
         super().__init__()
         from repro.parallel import OneDevice  # placement objects only route tensors between towers
 
@@ -183,10 +192,10 @@ class AlexNet(nn.Module):
         if grouped:
             if not isinstance(self.placement, OneDevice):
                 raise ValueError("the grouped emulation is a single module on one device")
-            self.towers = nn.ModuleDict({"grouped": Tower(m, None, groups=m.towers, fast_lrn=fast_lrn)})
+            self.towers = nn.ModuleDict({"grouped": Tower(m, None, groups=m.towers, speed=speed)})
         else:
             here = self.placement.towers_here(m.towers)
-            self.towers = nn.ModuleDict({str(i): Tower(m, i, fast_lrn=fast_lrn) for i in here})
+            self.towers = nn.ModuleDict({str(i): Tower(m, i, speed=speed) for i in here})
         self.placement.place(self)
 
     @classmethod
@@ -194,7 +203,7 @@ class AlexNet(nn.Module):
                     init: InitConfig | None = None, seed: int | None = None) -> "AlexNet":
         """The model of `cfg`, initialised as cfg.init says (the paper's section 5 by default)."""
         full = cfg if isinstance(cfg, Config) else Config(model=cfg)
-        model = cls(full.model, placement, grouped, fast_lrn=full.speed.fast_lrn)
+        model = cls(full.model, placement, grouped, speed=full.speed)
         init_weights(model, init or full.init, full.train.seed if seed is None else seed)
         return model
 
@@ -222,8 +231,9 @@ class AlexNet(nn.Module):
         """Seed each tower's dropout masks from (seed, tower, layer): same masks in every placement.
         The trainer calls this every step with a seed derived from (run seed, step)."""
         for key, tower in self.towers.items():
+            keys = [str(i) for i in range(self.m.towers)] if key == "grouped" else [key]
             for name in ("drop6", "drop7"):
-                getattr(tower, name).reseed(_mix(seed, key, name))
+                getattr(tower, name).reseed(*(_mix(seed, k, name) for k in keys))
 
 
 def _mix(seed: int, *parts) -> int:
