@@ -154,11 +154,25 @@ class TrainConfig:
 
 @dataclass
 class SpeedConfig:
-    """Off by default: the paper's float32 recipe comes first."""
-    channels_last: bool = opt(False)
+    """How the same float32 function is computed. The paper's recipe comes first: switches that
+    change the numerics beyond float32 rounding (bf16, compile) are off by default; the others
+    compute the same function as the plain reference (tests hold each against it) and are on.
+    benchmarks/bench_train_step.py measures them."""
     bf16: bool = opt(False)  # autocast on GPUs
     compile: bool = opt(False)
+    # activations stored [B, H, W, C] (the loader's layout): faster convolutions and pooling on
+    # CPUs (tests/test_speed.py: same logits and gradients as contiguous NCHW)
+    channels_last: bool = opt(True)
+    # one device: the single-module emulation of both towers with grouped convolutions
+    # (AlexNet(grouped=True); tests/test_parallel.py). Checkpoints keep the two-tower form.
+    grouped: bool = opt(True)
     fast_lrn: bool = opt(True)  # equal to the reference LRN within 1e-6 (tests/test_lrn.py)
+    # conv1's weight gradient by space-to-depth (repro/conv1.py); forward unchanged, gradient
+    # equal within float32 rounding (tests/test_conv1.py)
+    fast_conv1: bool = opt(True)
+    # CPU: keep freed memory in the process instead of handing it back to the OS and faulting
+    # it in again for the next batch (repro/cpu_threads.keep_freed_memory; glibc only)
+    keep_freed_memory: bool = opt(True)
 
 
 @dataclass

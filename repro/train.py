@@ -27,7 +27,8 @@ from repro.config import DEFAULT_CONFIG, Config, load_config
 from repro.errors import UserError
 from repro.model import AlexNet, _mix
 from repro.optim import PaperSGD, Schedule
-from repro.parallel import Distributed, make_placement
+from repro.cpu_memory import keep_freed_memory
+from repro.parallel import Distributed, OneDevice, make_placement
 from repro.progress import Progress
 
 
@@ -126,6 +127,17 @@ def init_distributed() -> None:
         dist.init_process_group(backend)
 
 
+def build_model(cfg: Config, placement) -> AlexNet:
+    """The model as the trainer runs it: on one device, the grouped emulation of both towers
+    when speed.grouped (the same function; checkpoints keep the two-tower form); weights
+    channels-last when speed.channels_last (the loader's input is channels-last already)."""
+    grouped = cfg.speed.grouped and isinstance(placement, OneDevice) and cfg.model.towers > 1
+    model = AlexNet.from_config(cfg, placement=placement, grouped=grouped)
+    if cfg.speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> Path:
     """Train until cfg.schedule.epochs (or train.max_steps, or a stop signal). Returns run_dir."""
     init_distributed()
@@ -140,9 +152,9 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                         f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
                         f"to try everything on generated data")
 
-    model = AlexNet.from_config(cfg, placement=placement)
-    if cfg.speed.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = build_model(cfg, placement)
+    if cfg.speed.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     optimizer = PaperSGD.from_config(model, cfg.optim)
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
     pos = Position()
