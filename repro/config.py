@@ -170,6 +170,9 @@ class SpeedConfig:
     # conv1's weight gradient by space-to-depth (repro/conv1.py); forward unchanged, gradient
     # equal within float32 rounding (tests/test_conv1.py)
     fast_conv1: bool = opt(True)
+    # fc6-fc8 through oneDNN's matmul on CPUs (repro/onednn.py; MKL's sgemm ran at half its rate
+    # on this project's AMD CPU); equal within float32 rounding (tests/test_speed.py)
+    fast_fc: bool = opt(True)
     # CPU: keep freed memory in the process instead of handing it back to the OS and faulting
     # it in again for the next batch (repro/cpu_threads.keep_freed_memory; glibc only)
     keep_freed_memory: bool = opt(True)

@@ -28,6 +28,7 @@ from torch.nn.utils import skip_init
 from repro.config import LAYERS, Config, InitConfig, ModelConfig, SpeedConfig
 from repro.conv1 import StridedConv2d
 from repro.lrn import LRN, SameMapNorm
+from repro.onednn import Linear
 
 CONV1_CEIL_PAD = 3  # 224 + 3 = 227 = 4 * 54 + 11: the 2012 code's last window hangs 3 pixels over
 
@@ -111,6 +112,7 @@ class Tower(nn.Module):
         # how many towers' maps conv3, fc6 and fc7 read (the grouped module already holds them all)
         cross = t if m.cross_links and g == 1 else 1
         self.m, self.groups = m, g
+        self._fc = Linear if speed.fast_fc else nn.Linear  # the same layer; see repro/onednn.py
         conv1 = StridedConv2d if speed.fast_conv1 else nn.Conv2d  # the same layer; see repro/conv1.py
         self.conv1 = skip_init(conv1, 3, per["conv1"], 11, stride=4,
                                padding=2 if m.conv1_padding == "symmetric" else 0)
@@ -124,7 +126,7 @@ class Tower(nn.Module):
         n_logits = m.num_classes if g > 1 else len(class_range(m, index))
         with warnings.catch_warnings():  # code 145: tower 1 holds an empty share of fc8
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-            self.fc8 = skip_init(nn.Linear, w.fc7, n_logits)  # fc8 always reads every tower
+            self.fc8 = skip_init(self._fc, w.fc7, n_logits)  # fc8 always reads every tower
         self.lrn = LRN(m.lrn, fast=speed.fast_lrn) if m.lrn != "none" else None
         self.rnorm = SameMapNorm(fast=speed.fast_lrn) if m.conv2_rnorm else None
         self.pool = nn.MaxPool2d(3, 2) if m.pool == "overlap" else nn.MaxPool2d(2, 2)
@@ -133,7 +135,7 @@ class Tower(nn.Module):
 
     def _linear(self, n_in, n_out, cross):
         if self.groups == 1 or cross:
-            return skip_init(nn.Linear, n_in, n_out)
+            return skip_init(self._fc, n_in, n_out)
         return GroupedLinear(n_in, n_out, self.groups)
 
     def _norm(self, x, norm):
