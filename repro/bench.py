@@ -125,9 +125,14 @@ def table(rows: list[dict], header: str) -> str:
     return "\n".join(lines)
 
 
-def throughput_model() -> list[dict]:
-    """Hook for the GPU throughput model (a later part of issue 7)."""
-    raise UserError("bench --model: the GPU throughput model is not yet available")
+def throughput_model(as_json: bool) -> str:
+    """The GPU throughput ESTIMATE of repro.throughput (arithmetic; nothing is timed)."""
+    from repro import throughput
+
+    if as_json:
+        return json.dumps([{**throughput.estimate(s, throughput.ModelConfig()), "estimate": True}
+                           for s in throughput.SETUPS], indent=1)
+    return throughput.report()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -139,14 +144,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and cases (a smoke run)")
-    p.add_argument("--model", action="store_true", help="print the GPU throughput model")
+    p.add_argument("--model", action="store_true",
+                   help="print the GPU throughput ESTIMATE (img/s, 90-epoch time) instead of benchmarking")
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.model:
-        throughput_model()
+        print(throughput_model(args.json))
+        return 0
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         raise UserError(f"unknown benchmark {', '.join(map(repr, unknown))}; "
