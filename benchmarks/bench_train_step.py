@@ -1,0 +1,188 @@
+"""Benchmark: one training step of AlexNet (forward, backward, update; batch 128; float32; CPU)
+as this project's trainer runs it on one device, against a naive faithful baseline, in one run.
+
+    python benchmarks/bench_train_step.py [--quick] [--json]
+
+- project: the paper's two-tower model as repro.train.build_model makes it with the default
+  config (speed.*: grouped emulation of both towers, channels-last, fast LRN, space-to-depth
+  conv1 gradient, fc layers through oneDNN), fed the loader's channels-last batch, PaperSGD;
+- baseline: a plain dense single-tower AlexNet, the usual way to write it: nn.Sequential, 96-256-
+  384-384-256 maps (conv2, conv4, conv5 read all maps, so 1.57x the multiply-adds of the two-
+  tower net), torch.nn.LocalResponseNorm, fc 4096-4096-1000, contiguous NCHW input, the same
+  initialisation and update;
+- plain: the project's own two-tower model with every speed switch off (towers apart, NCHW, the
+  plain LRN, conv1 and fc), i.e. the same arithmetic as the project, so the ratio is the speed
+  work alone;
+- matmul: the CPU's matrix rate, measured interleaved with the steps: the fastest of float32
+  matrix products through MKL (torch.mm) and oneDNN (its matmul; a 1x1 convolution), each of
+  about the work of half a step. (On this project's AMD CPU, oneDNN ran at twice MKL's rate.)
+
+Model FLOP/s counts the two-tower model's training FLOPs from the layer shapes (repro.throughput:
+2 FLOPs per multiply-add; backward = 2 x forward, conv1 without its input gradient), not the
+elementwise layers or the update. All variants run in one process, so process settings the
+trainer makes (speed.keep_freed_memory) help the baseline too. Times are medians of interleaved
+repetitions. run() returns the rows for `./run.sh bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from repro import throughput  # noqa: E402
+from repro.bench import interleaved_medians  # noqa: E402
+from repro.config import Config, SpeedConfig  # noqa: E402
+from repro.cpu_memory import keep_freed_memory  # noqa: E402
+from repro.optim import PaperSGD  # noqa: E402
+from repro.parallel import OneDevice  # noqa: E402
+from repro.train import build_model  # noqa: E402
+
+CLASSES = 1000
+
+
+def naive_alexnet() -> nn.Sequential:
+    """Dense single-tower AlexNet with torch's LRN (alpha 1e-4 / 5: code 145's), the paper's order
+    (ReLU, LRN, pool), conv1 padded by 2 (224 -> 55), dropout after fc6 and fc7."""
+    lrn = lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)  # noqa: E731
+    net = nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4, padding=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
+        nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, CLASSES))
+    gen = torch.Generator().manual_seed(0)
+    weighted = [mod for mod in net if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():  # section 5: N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7
+        for mod, bias in zip(weighted, (0, 1, 0, 1, 1, 1, 1, 0)):
+            mod.weight.normal_(0, 0.01, generator=gen)
+            mod.bias.fill_(bias)
+    return net
+
+
+def plain_config() -> Config:
+    cfg = Config()
+    cfg.speed = SpeedConfig(channels_last=False, grouped=False, fast_lrn=False, fast_conv1=False,
+                            fast_fc=False, keep_freed_memory=cfg.speed.keep_freed_memory)
+    return cfg
+
+
+def step_fn(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, reseed):
+    model.train()
+
+    def step():
+        reseed()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def matmul_fns(work: float) -> dict:
+    """Float32 matrix products of about `work` FLOPs each, by the CPU libraries torch uses:
+    MKL's sgemm (torch.mm, n x n by n x n), oneDNN's matmul primitive where torch exposes it,
+    and oneDNN's 1x1 convolution ([b, 1024, 64, 64] channels-last: a (b * 4096) x 1024 by
+    1024 x 1024 product). Returns {name: (fn, flops)}; the fastest is the CPU's matrix rate."""
+    n = 1024
+    while 2 * (2 * n) ** 3 <= work and n < 4096:
+        n *= 2
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    reps = max(1, round(work / (2 * n ** 3)))
+    fns = {"MKL sgemm": (lambda: [torch.mm(a, b, out=c) for _ in range(reps)], 2 * n ** 3 * reps)}
+    linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # not public API: optional
+    if linear is not None and torch.backends.mkldnn.is_available():
+        fns["oneDNN matmul"] = (lambda: [linear(a, b, None, "none", [], "") for _ in range(reps)],
+                                2 * n ** 3 * reps)
+    images = max(1, round(work / (2 * 4096 * 1024 ** 2)))
+    x = torch.randn(images, 64, 64, 1024).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+    w = torch.randn(1024, 1024, 1, 1)
+    fns["oneDNN 1x1 conv"] = (lambda: F.conv2d(x, w), 2 * images * 4096 * 1024 ** 2)
+    return fns
+
+
+def measure(batch: int, repeats: int, with_plain: bool = True) -> list[dict]:
+    cfg = Config()
+    if cfg.speed.keep_freed_memory:
+        keep_freed_memory()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 224, 224, 3, generator=gen) * 60  # mean-subtracted pixels
+    labels = torch.randint(0, CLASSES, (batch,), generator=gen)
+    loader_view = images.permute(0, 3, 1, 2)  # what repro.data hands over: NCHW view, NHWC memory
+    nchw = loader_view.contiguous()
+
+    project = build_model(cfg, OneDevice("cpu"))
+    fns = {"project": step_fn(project, PaperSGD.from_config(project, cfg.optim), loader_view, labels,
+                              lambda: project.reseed_dropout(1))}
+    baseline = naive_alexnet()
+    fns["baseline"] = step_fn(baseline, PaperSGD(baseline.parameters(), cfg.optim.lr), nchw, labels,
+                              lambda: None)
+    if with_plain:
+        plain_cfg = plain_config()
+        plain = build_model(plain_cfg, OneDevice("cpu"))
+        with torch.no_grad():  # same weights, same function (tests/test_parallel.py, test_speed.py)
+            check = nchw[:2]
+            torch.testing.assert_close(project.eval()(check), plain.eval()(check), rtol=1e-4, atol=1e-5)
+        fns["plain"] = step_fn(plain, PaperSGD.from_config(plain, plain_cfg.optim), nchw, labels,
+                               lambda: plain.reseed_dropout(1))
+    flops = throughput.train_flops(cfg.model) * batch
+    mm = matmul_fns(flops / 2)
+    fns.update({name: fn for name, (fn, _) in mm.items()})
+    t = interleaved_medians(fns, repeats=repeats)
+
+    img_s = {k: batch / t[k] for k in ("project", "baseline", "plain") if k in t}
+    rates = {name: work / t[name] for name, (_, work) in mm.items()}
+    best = max(rates, key=rates.get)
+    matrix = rates[best]
+    model_rate = flops / t["project"]
+    shape = f"batch {batch}, fp32, CPU"
+    rows = [{"name": "train_step", "unit": "img/s", "project": img_s["project"], "baseline": img_s["baseline"],
+             "ratio": img_s["project"] / img_s["baseline"], "repeats": repeats,
+             "what": f"train step ({shape}) vs dense nn.Sequential AlexNet, torch LRN"}]
+    if with_plain:
+        rows.append({"name": "train_step_plain", "unit": "img/s", "project": img_s["project"],
+                     "baseline": img_s["plain"], "ratio": img_s["project"] / img_s["plain"],
+                     "repeats": repeats, "what": f"train step ({shape}) vs same model, speed.* off"})
+    rows.append({"name": "train_step_flops", "unit": "GFLOP/s", "project": model_rate / 1e9,
+                 "baseline": matrix / 1e9, "ratio": model_rate / matrix, "repeats": repeats,
+                 "what": f"model FLOP/s vs best matmul FLOP/s ({best})", "matmul_gflop_s": {
+                     k: v / 1e9 for k, v in rates.items()},
+                 "model_gflop_per_image": throughput.train_flops(cfg.model) / 1e9})
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    if quick:  # a smoke run for CI: small batch, two timed repetitions
+        return measure(batch=16, repeats=2, with_plain=False)
+    return measure(batch=128, repeats=5)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="batch 16, 2 repetitions, no 'plain' row")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    rows = run(args.quick)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(f"{r['what']}: project {r['project']:.1f} {r['unit']}, baseline {r['baseline']:.1f} "
+              f"{r['unit']}, ratio {r['ratio']:.2f}x (median of {r['repeats']})")
+        if "matmul_gflop_s" in r:
+            print("  matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["matmul_gflop_s"].items())
+                  + f"; model: {r['model_gflop_per_image']:.2f} GFLOP per image (repro.throughput)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
