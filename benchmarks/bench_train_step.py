@@ -77,9 +77,8 @@ def plain_config() -> Config:
 
 
 def step_fn(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, reseed):
-    model.train()
-
     def step():
+        model.train()
         reseed()
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)

@@ -54,11 +54,9 @@ def test_quick_is_passed_on(bench_dir):
     assert module.run(quick=True)[0]["name"] == "fake_op" and module.CALLS == [True]
 
 
-def test_unknown_name_and_model_are_user_errors(bench_dir):
+def test_unknown_name_is_a_user_error(bench_dir):
     with pytest.raises(UserError, match="unknown benchmark 'lnr'"):
         bench.main(["lnr"])
-    with pytest.raises(UserError, match="not yet available"):
-        bench.main(["--model"])
 
 
 def test_a_broken_benchmark_fails_without_hiding_the_others(bench_dir, capsys):
@@ -87,3 +85,16 @@ def test_real_lrn_benchmark_row_at_a_small_size():
     assert row["ratio"] == pytest.approx(row["baseline"] / row["project"])
     row = module.measure("tiny", (2, 3, 7, 7), "rnorm", repeats=1)
     assert "same-map" in row["what"]
+
+
+def test_real_train_step_benchmark_rows_at_a_small_size():
+    """benchmarks/bench_train_step.py end to end at batch 2, one repetition: the rows, not the times."""
+    module = bench.load("train_step")
+    rows = module.measure(batch=2, repeats=1, with_plain=True)
+    assert [r["name"] for r in rows] == ["train_step", "train_step_plain", "train_step_flops"]
+    for r in rows:
+        assert set(bench.ROW_KEYS) <= set(r) and r["project"] > 0 and r["baseline"] > 0
+        assert r["ratio"] == pytest.approx(r["project"] / r["baseline"])
+    assert rows[0]["unit"] == "img/s" and rows[2]["unit"] == "GFLOP/s"
+    assert rows[2]["model_gflop_per_image"] == pytest.approx(4.1356, rel=1e-3)
+    assert rows[2]["baseline"] == pytest.approx(max(rows[2]["matmul_gflop_s"].values()))

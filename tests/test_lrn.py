@@ -169,3 +169,41 @@ def test_inference_mode_and_one_thread(tiny_chunks):
         assert torch.autograd.gradcheck(lambda t: L.lrn(t, "code145"), (xg,))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_groups_keep_each_towers_window_and_the_layout(layout, fast, tiny_chunks):
+    """groups=2 (the grouped emulation): each half normalised on its own, as two towers would be;
+    a channels-last input is normalised in place in its layout and comes out channels-last."""
+    x = activations((3, 12, 5, 4), 100.0, relu=True)
+    expected = torch.cat([L.lrn_reference(h.double(), "paper") for h in x.chunk(2, dim=1)], dim=1)
+    g = activations((3, 12, 5, 4), 1.0, seed=2).double()
+    x64 = x.double().requires_grad_()
+    halves = torch.cat([L.lrn_reference(h, "paper") for h in x64.chunk(2, dim=1)], dim=1)
+    (expected_grad,) = torch.autograd.grad(halves, x64, g)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    xi = x.contiguous(memory_format=fmt).requires_grad_()
+    out = L.lrn(xi, "paper", fast=fast, groups=2)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-30)
+    if fast:
+        assert out.is_contiguous(memory_format=fmt)
+    (grad,) = torch.autograd.grad(out, xi, g.float().contiguous(memory_format=fmt))
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=0, atol=1e-6 * expected_grad.abs().max().item())
+    (grad64,) = torch.autograd.grad(L.lrn(x64, "paper", fast=fast, groups=2), x64, g)
+    torch.testing.assert_close(grad64, expected_grad, rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(L.lrn(x, "paper", groups=1), L.lrn(x, "paper", groups=2))  # it matters
+    with pytest.raises(ValueError, match="groups"):
+        L.lrn(x, "paper", groups=5)
+
+
+def test_same_map_norm_channels_last_gradient(tiny_chunks):
+    x = activations((2, 5, 9, 7), 40.0)
+    x64 = x.double().requires_grad_()
+    g = activations((2, 5, 9, 7), 1.0, seed=4).double()
+    (expected,) = torch.autograd.grad(L.same_map_norm_reference(x64), x64, g)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = L.same_map_norm(xc)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    (grad,) = torch.autograd.grad(out, xc, g.float())
+    torch.testing.assert_close(grad.double(), expected, rtol=0, atol=1e-6 * expected.abs().max().item())
