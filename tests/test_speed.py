@@ -145,10 +145,12 @@ def test_onednn_linear_equals_linear(shape, monkeypatch):
     torch.testing.assert_close(fast(x), lin(x), rtol=0, atol=0)
 
 
-def test_onednn_linear_leaves_empty_and_other_dtypes_to_torch():
+def test_onednn_linear_leaves_empty_other_dtypes_and_tracing_to_torch():
     empty = onednn.Linear(8, 0)  # code 145's tower 1 holds no part of fc8
     assert empty(torch.randn(3, 8)).shape == (3, 0)
     assert not onednn.available(torch.randn(3, 8).double(), torch.randn(2, 8).double())
+    traced = torch.jit.trace(onednn.Linear(8, 4).eval(), torch.randn(3, 8))  # as ./run.sh export does
+    assert "mkldnn" not in str(traced.inlined_graph) and "linear" in str(traced.inlined_graph)
 
 
 def test_keep_freed_memory_stops_refaulting_big_blocks():
