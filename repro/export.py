@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,8 +45,8 @@ class Exported(nn.Module):
     def ten_view(self, images: torch.Tensor) -> torch.Tensor:  # uint8 (B, 256, 256, 3) -> (B, C)
         views = torch.stack([augment.crop_view(images, t, left, m, CROP) for t, left, m in self.offsets], 1)
         x = views.float() - self.mean_views  # (B, 10, 224, 224, 3)
-        logits = self.model(x.flatten(0, 1).permute(0, 3, 1, 2))
-        return torch.softmax(logits, dim=1).unflatten(0, (-1, len(self.offsets))).mean(dim=1)
+        logits = self.model(x.reshape(-1, CROP, CROP, 3).permute(0, 3, 1, 2))  # (B * 10, C)
+        return torch.softmax(logits, dim=1).reshape(-1, len(self.offsets), logits.shape[1]).mean(dim=1)
 
 
 def export(run_dir: str | Path, out: str | Path, data_override=None) -> Path:
@@ -55,7 +56,11 @@ def export(run_dir: str | Path, out: str | Path, data_override=None) -> Path:
     wrapper = Exported(model, data.make_normalizer(root, cfg, "cpu")).eval()
     examples = {"forward": torch.zeros(2, CROP, CROP, 3, dtype=torch.uint8),
                 "ten_view": torch.zeros(2, 256, 256, 3, dtype=torch.uint8)}
-    with torch.no_grad():
+    # TorchScript: one file with both methods and the class list, loaded by torch.jit.load in any
+    # torch version. torch 2.13 marks it deprecated in favour of torch.export (one program per
+    # file); the warnings say nothing the user can act on here.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         traced = torch.jit.trace_module(wrapper, examples, check_trace=False)
     ckpt = evaluate.latest_checkpoint(Path(run_dir))
     about = {"run": Path(run_dir).name, "checkpoint": str(ckpt), "config": cfg.description,
@@ -64,8 +69,10 @@ def export(run_dir: str | Path, out: str | Path, data_override=None) -> Path:
              "ten_view": "uint8 (B, 256, 256, 3) prepared RGB images -> probabilities (B, C), 10 views averaged"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(out), _extra_files={
-        "classes.json": json.dumps(data.class_names(root)), "about.json": json.dumps(about, indent=1)})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.save(traced, str(out), _extra_files={
+            "classes.json": json.dumps(data.class_names(root)), "about.json": json.dumps(about, indent=1)})
     return out
 
 

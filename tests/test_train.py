@@ -12,21 +12,14 @@ import torch.nn.functional as F
 
 from dist_util import run_gloo
 from repro import checkpoint, rundir
-from repro.config import Config, Widths, load_config
+from repro.config import Widths
 from repro.errors import UserError
 from repro.model import AlexNet
 from repro.optim import PaperSGD
 from repro.train import train
+from tests.tiny_data import SMALL, small_config
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["model.num_classes=4", "data.batch_size=8", "data.workers=0", "eval.batch_size=16",
-         "train.log_every=1", "train.placement=single", "train.device=cpu",
-         "model.widths.conv1=16", "model.widths.conv2=32", "model.widths.conv3=48",
-         "model.widths.conv4=48", "model.widths.conv5=32", "model.widths.fc6=64", "model.widths.fc7=64"]
-
-
-def small_config(*extra) -> Config:
-    return load_config(REPO / "paper_configs/alexnet_2gpu.toml", SMALL + list(extra))
 
 
 def weights(run_dir) -> dict:
