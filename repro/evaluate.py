@@ -213,13 +213,7 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> dict[str, dict]:
     files on the same shards is reused instead of evaluated again (unless opts.reuse is False).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.CONFIG).is_file():
-        raise UserError(f"{run_dir} is not a run directory ({rundir.CONFIG} missing)")
-    ckpt = latest_checkpoint(run_dir)
-    cfg = rundir.read_config(run_dir)
-    split = opts.split or cfg.data.eval_split
-    root = data_root(run_dir, opts.data)
-    data.open_split(root, split)  # one clear line if the data is missing
+    ckpt, cfg, split, root = check_run(run_dir, opts)
     ckpt_rec, data_rec = checkpoint_record(ckpt), data_record(root, split)
     kinds = ["centre", "ten"] if opts.views == "both" else [opts.views]
     found = {k: _cached(run_dir, split, k, ckpt_rec, data_rec) for k in kinds} if opts.reuse else {}
@@ -238,6 +232,18 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> dict[str, dict]:
             found[k] = write_record(run_dir, split, k, probs[k], labels, root,
                                     {"run": run_dir.name, "checkpoint": ckpt_rec, "data": data_rec})
     return {k: found[k] for k in kinds}
+
+
+def check_run(run_dir: Path, opts: EvalOptions):
+    """(latest checkpoint, config, split, data root) of a run; one UserError line if any is missing."""
+    if not (Path(run_dir) / rundir.CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a run directory ({rundir.CONFIG} missing)")
+    ckpt = latest_checkpoint(run_dir)
+    cfg = rundir.read_config(run_dir)
+    split = opts.split or cfg.data.eval_split
+    root = data_root(run_dir, opts.data)
+    data.open_split(root, split)
+    return ckpt, cfg, split, root
 
 
 def _cached(run_dir: Path, split: str, views: str, ckpt_rec: dict, data_rec: dict) -> dict | None:
