@@ -1,7 +1,8 @@
 """`./run.sh export RUN_DIR [--out FILE]`: a trained run as one TorchScript file that plain
 PyTorch loads and runs, without this project:
 
-    model = torch.jit.load("alexnet.pt", _extra_files=(extra := {"classes.json": "", "about.json": ""}))
+    extra = {"classes.json": "", "about.json": ""}  # filled in by torch.jit.load
+    model = torch.jit.load("alexnet.pt", _extra_files=extra)
     logits = model(crops)            # uint8 (B, 224, 224, 3) RGB crops -> logits (B, C)
     probs = model.ten_view(images)   # uint8 (B, 256, 256, 3) prepared images -> (B, C), 10 views averaged
     classes = json.loads(extra["classes.json"])   # [[wnid, words], ...] in class-index order

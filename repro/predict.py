@@ -61,7 +61,9 @@ def ten_view_probs(model, normalizer, images: np.ndarray, batch_size: int = 16) 
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="./run.sh predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0] + " 10 views, softmax outputs averaged.",
+        description="The top-5 classes of image files with a trained run: each image prepared as the "
+                    "training data was (RGB, shorter side to 256, central 256x256 crop), then 10 views "
+                    "with their softmax outputs averaged.",
         epilog="Any image file Pillow reads (JPEG, PNG, greyscale, CMYK, ...).\n\n"
                "Example:\n  ./run.sh predict runs/alexnet_2gpu cat.jpg dog.png")
     p.add_argument("run_dir", help="a trained run (runs/<name>)")

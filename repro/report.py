@@ -21,9 +21,11 @@ DASH = "—"
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="./run.sh report", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0] + " Writes results/<name>/report.md, report.json and "
-        "PNG figures: Tables 1 and 2 and the ablations against the paper and code 145, learning "
-        "curves, Figure 3 (conv1 kernels), Figure 4 (top-5, nearest training images), provenance.",
+        description="The paper's tables with this project's runs beside them. Writes "
+        "results/<name>/report.md, report.json (the same numbers) and PNG figures: Tables 1 and 2 and "
+        "the ablations against the paper and code 145, learning curves, Figure 3 (conv1 kernels), "
+        "Figure 4 (top-5, nearest training images), provenance. Evaluates each run (centre crop and "
+        "10 views in one pass) unless its eval records are up to date.",
         epilog="Rows that no given run produced show no number of this project ('not run here').\n"
                "Ensembles appear when `./run.sh eval RUN --ensemble ...` has been run first.\n\n"
                "Examples:\n  ./run.sh report runs/alexnet_2gpu\n"
@@ -43,7 +45,7 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, help="images per forward pass (default the run's eval.batch_size)")
     p.add_argument("--workers", type=int, help="loader processes (default the run's data.workers)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: a GPU if any)")
-    p.add_argument("--published", default=str(tables.PUBLISHED), help="the published numbers (JSON)")
+    p.add_argument("--published", default=str(tables.PUBLISHED), help="the published numbers (default results/published.json)")
     return p.parse_args(argv)
 
 
@@ -228,7 +230,8 @@ def _ablation_table(lines: list[dict]) -> str:
         ours = DASH if ln["run"] is None else f"{_who(ln)}: {_pair(ln['ours'])} ({_views(ln['views'])})"
         base = DASH if ln["baseline"] is None else f"{ln['baseline']}: {_pair(ln['baseline_ours'])}"
         sources = "; ".join(x["source"] for x in (p, c) if x)
-        rows.append([ln["change"], paper, code, ours, base, _delta(ln["delta"]), f"{sources} · **{ln['status']}**"])
+        status = ln["status"] + (" †" if ln["comparable"] is False else "")
+        rows.append([ln["change"], paper, code, ours, base, _delta(ln["delta"]), f"{sources} · **{status}**"])
     return _table(headers, rows)
 
 
@@ -262,8 +265,8 @@ def render(report: dict, published: dict) -> str:
           "paper: smaller than the paper's model or data, or stopped early (see its notes).", "", "## Runs", "",
           _table(["run", "config", "fidelity variant", "data", "checkpoint", "10 views", "centre crop"],
                  [[r["name"] + ("" if r["comparable"] else " †"), f"{r['config']}: {r['description']}", r["fidelity"],
-                   f"ILSVRC-{r['year']} {next(iter(r['results'].values()))['split']}, "
-                   f"{next(iter(r['results'].values()))['images']:,} images",
+                   f"{next(iter(r['results'].values()))['split']}, {next(iter(r['results'].values()))['images']:,} "
+                   f"images (year {r['year']}, `{(r['data'] or {}).get('root')}`)",
                    f"step {(r['checkpoint'] or {}).get('step')}, epoch {(r['checkpoint'] or {}).get('epoch')}",
                    _pair(r["results"].get("ten")), _pair(r["results"].get("centre"))] for r in report["runs"]])]
     if report["ensembles"]:

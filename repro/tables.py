@@ -116,10 +116,12 @@ def fidelity(cfg: Config) -> tuple[str, list[str]]:
             follows.add("code 145")
         else:
             other.append(f"{key} = {run[key]!r} (paper text {paper[key]!r}, code 145 {code[key]!r})")
-    variant = follows.pop() if len(follows) == 1 else "mixed" if follows else "neither"
+    variant = next(iter(follows)) if len(follows) == 1 else "mixed" if follows else "neither"
     if variant == "mixed":
         variant = "mixed: " + ", ".join(
             f"{k} follows code 145" for k in sorted(paper) if paper[k] != code[k] and run[k] == code[k])
+    if other and follows:
+        variant += f" (except {len(other)} point{'s' * (len(other) > 1)} that follow neither: see notes)"
     return variant, other
 
 
