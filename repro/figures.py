@@ -64,6 +64,9 @@ def learning_curves(series: dict[str, list[dict]], out: Path) -> dict[str, dict]
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.has_data():
             ax.legend(fontsize=7)
+            lo, hi = ax.get_xlim()
+            if hi - lo < 2:  # one epoch so far: keep integer ticks around it
+                ax.set_xlim(lo - 1, hi + 1)
         else:
             ax.text(0.5, 0.5, "no data logged yet", ha="center", va="center", transform=ax.transAxes)
     fig.savefig(out, dpi=100)
