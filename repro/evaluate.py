@@ -148,7 +148,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
     ckpt = checkpoint.latest(run_dir)
     if ckpt is None:
         raise UserError(f"{run_dir} has no finished checkpoint: train it first "
-                        f"(./run.sh train --run-dir {run_dir} --resume)")
+                        f"(./run.sh train CONFIG --run-dir {run_dir})")
     return ckpt
 
 
