@@ -52,11 +52,15 @@ setup() {
     echo "setup: GPU found; installing torch with CUDA"
     "$py" -m pip install 'torch>=2.3'
   else
-    # No GPU: a CPU build. A local wheel (pip's find-links) first, then PyTorch's CPU index;
-    # never the default index, which serves a multi-GB CUDA build on Linux.
+    # No GPU: a CPU build, never the default index's multi-GB CUDA build. A local wheel first
+    # (pip's find-links), then its dependencies from the usual index; else PyTorch's CPU index.
     echo "setup: no GPU found; installing a CPU build of torch"
-    "$py" -m pip install --no-index 'torch>=2.3' 2>/dev/null \
-      || "$py" -m pip install 'torch>=2.3' --index-url https://download.pytorch.org/whl/cpu
+    if "$py" -m pip install --no-index --no-deps 'torch>=2.3' 2>/dev/null; then
+      "$py" -m pip install "torch==$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))')"
+    else
+      "$py" -m pip install 'torch>=2.3' --retries 1 --index-url https://download.pytorch.org/whl/cpu \
+        --extra-index-url https://pypi.org/simple
+    fi
   fi
   "$py" -m pip install -e '.[test]'
   echo "setup: done. Next: ./run.sh demo   (or ./run.sh test)"

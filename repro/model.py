@@ -117,8 +117,8 @@ class Tower(nn.Module):
         with warnings.catch_warnings():  # code 145: tower 1 holds an empty share of fc8
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             self.fc8 = skip_init(nn.Linear, w.fc7, n_logits)  # fc8 always reads every tower
-        self.lrn = LRN(m.lrn) if m.lrn != "none" else None
-        self.rnorm = SameMapNorm() if m.conv2_rnorm else None
+        self.lrn = LRN(m.lrn, fast=fast_lrn) if m.lrn != "none" else None
+        self.rnorm = SameMapNorm(fast=fast_lrn) if m.conv2_rnorm else None
         self.pool = nn.MaxPool2d(3, 2) if m.pool == "overlap" else nn.MaxPool2d(2, 2)
         self.drop6 = Dropout(m.dropout, m.dropout_scaling)
         self.drop7 = Dropout(m.dropout, m.dropout_scaling)

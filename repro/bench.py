@@ -1,0 +1,173 @@
+"""`./run.sh bench [NAME ...] [--json] [--quick] [--model]`: the project's benchmarks as one table.
+
+Each benchmark is a script `benchmarks/bench_<name>.py` at the root of the checkout, runnable on
+its own (`python benchmarks/bench_lrn.py`) and exposing `run(quick: bool = False) -> list[dict]`.
+Every row it returns is one comparison measured in the same run:
+
+    name      short id of the row, e.g. "lrn_conv1"
+    what      what was measured, in words (shapes, dtype, what the baseline is)
+    unit      unit of `project` and `baseline` ("ms", "img/s", ...)
+    project   this project's number
+    baseline  the baseline's number, measured in the same process, interleaved with the project's
+    ratio     how many times better the project is (> 1: project better): baseline / project for
+              times, project / baseline for throughputs. The script computes it, since only it
+              knows which way is better.
+
+Performance claims of the project come from here and nowhere else, always as such a ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from repro.errors import UserError
+
+BENCHMARKS = ("lrn", "train_step", "loader", "prepare")  # the default order
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+ROW_KEYS = ("name", "what", "unit", "project", "baseline", "ratio")
+
+
+# --------------------------------------------------------------------------- for the scripts
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        sync: Callable[[], object] | None = None) -> dict[str, float]:
+    """Median wall time in seconds of each function, the functions taking turns (order reversed
+    every other round) so that a slow spell of a shared machine hits them alike. `sync` (e.g.
+    torch.cuda.synchronize) is called before each clock read when timing asynchronous work."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            if sync:
+                sync()
+            start = time.perf_counter()
+            fns[name]()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> str:
+    """One line saying what the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parts = [f"{cpu}, {usable} of {os.cpu_count()} logical cores usable",
+             f"torch {torch.__version__} with {torch.get_num_threads()} threads"]
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        parts.append("CUDA: " + ", ".join(names))
+    parts.append(datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- the runner
+
+def load(name: str):
+    """The module of benchmarks/bench_<name>.py, or None if the script is missing."""
+    path = BENCH_DIR / f"bench_{name}.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "run", None)):
+        raise RuntimeError(f"{path} has no run(quick=False) function")
+    return module
+
+
+def check_rows(rows, source: str) -> list[dict]:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise RuntimeError(f"{source}: run() must return a list of dicts, got {type(rows).__name__}")
+    for row in rows:
+        missing = [k for k in ROW_KEYS if k not in row]
+        if missing:
+            raise RuntimeError(f"{source}: row {row.get('name', '?')!r} lacks {', '.join(missing)}")
+    return rows
+
+
+def _number(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+
+def table(rows: list[dict], header: str) -> str:
+    cells = [("what", "this project", "baseline", "ratio", "unit")]
+    cells += [(str(r["what"]), _number(r["project"]), _number(r["baseline"]),
+               f"{r['ratio']:.2f}x" if isinstance(r["ratio"], (int, float)) else str(r["ratio"]),
+               str(r["unit"])) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = [f"machine: {header}"]
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def throughput_model() -> list[dict]:
+    """Hook for the GPU throughput model (a later part of issue 7)."""
+    raise UserError("bench --model: the GPU throughput model is not yet available")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m repro bench",
+        description="Run the project's benchmarks (benchmarks/bench_<name>.py) and print one "
+                    "table: each row is this project against a baseline measured in the same run.")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and cases (a smoke run)")
+    p.add_argument("--model", action="store_true", help="print the GPU throughput model")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.model:
+        throughput_model()
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        raise UserError(f"unknown benchmark {', '.join(map(repr, unknown))}; "
+                        f"known: {', '.join(BENCHMARKS)}")
+    names = list(dict.fromkeys(args.names)) or list(BENCHMARKS)
+    header, rows, failed = machine(), [], False
+    for name in names:
+        try:
+            module = load(name)
+            if module is None:
+                print(f"bench: skipping {name}: benchmarks/bench_{name}.py does not exist yet",
+                      file=sys.stderr)
+                continue
+            rows += check_rows(module.run(quick=args.quick), f"bench_{name}.py")
+        except Exception:  # one broken benchmark should not hide the others' numbers
+            failed = True
+            print(f"bench: {name} failed:\n{traceback.format_exc()}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([{**r, "machine": header} for r in rows], indent=1))
+    elif rows:
+        print(table(rows, header))
+    else:
+        print(f"machine: {header}\nno benchmark ran")
+    return 1 if failed else 0

@@ -1,0 +1,89 @@
+"""The benchmark runner (`./run.sh bench`): discovery by name, skipping, the table, --json, errors.
+Fake benchmark scripts stand in for the real ones, so nothing here is timed."""
+import json
+import textwrap
+
+import pytest
+
+from repro import bench
+from repro.errors import UserError
+
+FAKE = textwrap.dedent('''
+    CALLS = []
+    def run(quick=False):
+        CALLS.append(quick)
+        return [{"name": "fake_op", "what": "fake op fwd+bwd", "unit": "ms",
+                 "project": 10.0, "baseline": 55.0, "ratio": 5.5, "repeats": 3}]
+''')
+
+
+@pytest.fixture
+def bench_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    (tmp_path / "bench_lrn.py").write_text(FAKE)
+    return tmp_path
+
+
+def test_json_rows(bench_dir, capsys):
+    assert bench.main(["lrn", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["fake_op"]
+    assert {"name", "unit", "project", "baseline", "ratio"} <= set(rows[0])
+    assert rows[0]["ratio"] == 5.5 and "torch" in rows[0]["machine"]
+
+
+def test_table_with_machine_header(bench_dir, capsys):
+    assert bench.main(["lrn"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("machine: ") and "threads" in out[0] and "torch" in out[0]
+    assert out[1].split() == ["what", "this", "project", "baseline", "ratio", "unit"]
+    assert out[3].split()[-4:] == ["10", "55", "5.50x", "ms"]
+
+
+def test_all_by_default_and_missing_scripts_are_skipped(bench_dir, capsys):
+    (bench_dir / "bench_loader.py").write_text(FAKE.replace("fake_op", "fake_loader"))
+    assert bench.main(["--json"]) == 0
+    captured = capsys.readouterr()
+    assert [r["name"] for r in json.loads(captured.out)] == ["fake_op", "fake_loader"]
+    skipped = [line for line in captured.err.splitlines() if "skipping" in line]
+    assert len(skipped) == 2 and "bench_train_step.py" in skipped[0] and "bench_prepare.py" in skipped[1]
+
+
+def test_quick_is_passed_on(bench_dir):
+    module = bench.load("lrn")
+    assert module.run(quick=True)[0]["name"] == "fake_op" and module.CALLS == [True]
+
+
+def test_unknown_name_and_model_are_user_errors(bench_dir):
+    with pytest.raises(UserError, match="unknown benchmark 'lnr'"):
+        bench.main(["lnr"])
+    with pytest.raises(UserError, match="not yet available"):
+        bench.main(["--model"])
+
+
+def test_a_broken_benchmark_fails_without_hiding_the_others(bench_dir, capsys):
+    (bench_dir / "bench_loader.py").write_text("def run(quick=False):\n    return [{'name': 'x'}]\n")
+    assert bench.main(["loader", "lrn", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert [r["name"] for r in json.loads(captured.out)] == ["fake_op"]
+    assert "bench_loader.py" in captured.err and "lacks what, unit, project" in captured.err
+
+
+def test_interleaved_medians_alternate_and_take_the_median():
+    calls = []
+
+    def make(name):
+        return lambda: calls.append(name)
+
+    medians = bench.interleaved_medians({"a": make("a"), "b": make("b")}, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b"]  # warm-up, then alternating order
+    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+
+
+def test_real_lrn_benchmark_row_at_a_small_size():
+    module = bench.load("lrn")  # benchmarks/bench_lrn.py of this checkout
+    row = module.measure("tiny", (2, 8, 5, 5), "lrn", repeats=1)
+    assert set(bench.ROW_KEYS) <= set(row) and row["unit"] == "ms" and row["project"] > 0
+    assert row["ratio"] == pytest.approx(row["baseline"] / row["project"])
+    row = module.measure("tiny", (2, 3, 7, 7), "rnorm", repeats=1)
+    assert "same-map" in row["what"]
