@@ -131,13 +131,13 @@ def ensemble(probs: list[torch.Tensor]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------- a run
 
-def load_run(run_dir: str | Path, device: str = "cpu", ckpt: str | Path | None = None):
-    """(model, cfg): a one-device model built from the run's config.toml, with the weights of its
-    latest checkpoint (or `ckpt`), in eval mode."""
+def load_run(run_dir: str | Path, device: str = "cpu", ckpt: str | Path | None = None, overrides=()):
+    """(model, cfg): a one-device model built from the run's config.toml (with `overrides`,
+    section.key=value), with the weights of its latest checkpoint (or `ckpt`), in eval mode."""
     run_dir = Path(run_dir)
     if not (run_dir / rundir.CONFIG).is_file():
         raise UserError(f"{run_dir} is not a run directory ({rundir.CONFIG} missing)")
-    cfg = rundir.read_config(run_dir)
+    cfg = rundir.read_config(run_dir, overrides)
     ckpt = ckpt or latest_checkpoint(run_dir)
     model = AlexNet.from_config(cfg, placement=OneDevice(resolve_device(device)))
     checkpoint.load_into(ckpt, model)

@@ -52,7 +52,9 @@ class Exported(nn.Module):
 
 def export(run_dir: str | Path, out: str | Path, data_override=None) -> Path:
     """Trace the run's latest checkpoint into a TorchScript file (methods forward and ten_view)."""
-    model, cfg = evaluate.load_run(run_dir, "cpu")
+    # The plain LRN: tracing records only the operations run in this thread, and the fast LRN
+    # hands its work to worker threads (repro.lrn).
+    model, cfg = evaluate.load_run(run_dir, "cpu", overrides=["speed.fast_lrn=false"])
     root = evaluate.data_root(run_dir, data_override)
     wrapper = Exported(model, data.make_normalizer(root, cfg, "cpu")).eval()
     examples = {"forward": torch.zeros(2, CROP, CROP, 3, dtype=torch.uint8),
