@@ -1,0 +1,65 @@
+"""Training-set statistics: the mean image and the RGB covariance with its eigen-decomposition.
+
+PAPER.md, "Data" (mean subtraction) and "Augmentation" (PCA lighting), on the 0-255 scale.
+
+The sums are of integers (uint8 pixels and their products), so they are kept in int64, where
+they are exact and independent of the order of addition: shards can be summed in any order,
+by any number of workers, and a resumed run gives the very same bytes. The float64 mean,
+covariance and eigen-decomposition are computed from the exact sums at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_prep.shards import IMAGE_SIZE, Stats
+
+PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE
+
+
+@dataclass
+class Moments:
+    """Sums over images: count, per-pixel sum (the mean image), sum of x x^T over RGB pixels."""
+    images: int = 0
+    pixel_sum: np.ndarray = field(default_factory=lambda: np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.int64))
+    outer: np.ndarray = field(default_factory=lambda: np.zeros((3, 3), np.int64))
+
+    def add(self, images: np.ndarray) -> None:
+        """Add uint8 images [k, 256, 256, 3]."""
+        if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"expected uint8 [k, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {images.dtype} {images.shape}")
+        buf = np.empty((PIXELS_PER_IMAGE, 3), np.float64)
+        for im in images:
+            np.add(self.pixel_sum, im, out=self.pixel_sum, casting="unsafe")
+            # Products of values <= 255 summed over 65,536 pixels stay below 2^53: the float64
+            # matrix product is exact, and converting it to int64 loses nothing.
+            np.copyto(buf, im.reshape(-1, 3), casting="unsafe")
+            self.outer += (buf.T @ buf).astype(np.int64)
+        self.images += len(images)
+
+    def merge(self, other: "Moments") -> None:
+        self.images += other.images
+        self.pixel_sum += other.pixel_sum
+        self.outer += other.outer
+
+    def to_stats(self, counts: dict | None = None) -> Stats:
+        if self.images == 0:
+            raise ValueError("no training images: the mean and covariance are undefined")
+        return compute_stats(self.pixel_sum, self.outer, self.images, counts)
+
+
+def compute_stats(pixel_sum: np.ndarray, outer: np.ndarray, images: int, counts: dict | None = None) -> Stats:
+    pixels = images * PIXELS_PER_IMAGE
+    mean = pixel_sum.astype(np.float64) / images
+    mu = pixel_sum.sum(axis=(0, 1), dtype=np.int64).astype(np.float64) / pixels
+    covariance = outer.astype(np.float64) / pixels - np.outer(mu, mu)  # population covariance
+    covariance = (covariance + covariance.T) / 2
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    # An eigenvector's sign is arbitrary; fix it so that its largest component is positive.
+    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(3)])
+    eigenvectors = eigenvectors * np.where(signs == 0, 1.0, signs)
+    return Stats(mean=mean, covariance=covariance, eigenvalues=eigenvalues, eigenvectors=eigenvectors,
+                 pixels=pixels, images=images, counts=counts)
