@@ -106,14 +106,14 @@ def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0) -> Cat
 def find_layout(root: Path, year: int) -> str:
     names = ARCHIVES[year]
     present = [n for n in names.values() if (root / n).exists()]
+    if (root / "train").is_dir() and not (root / names["train"]).exists():
+        return "tree"  # possibly with the devkit archive beside it
     if present:
         missing = [n for n in names.values() if not (root / n).is_file()]
         if missing:
             raise UserError(f"missing archive {root / missing[0]}: ILSVRC-{year} needs "
                             f"{', '.join(names.values())} in one directory")
         return "archives"
-    if (root / "train").is_dir():
-        return "tree"
     other = 2010 if year == 2012 else 2012
     if any((root / n).exists() for n in ARCHIVES[other].values()):
         raise UserError(f"{root} holds ILSVRC-{other} archives; pass --year {other}")
@@ -174,7 +174,8 @@ def _from_tree(root: Path, year: int) -> Catalog:
             raise UserError(f"{root} has train/ but no {split}/ folder")
         cat.sources.append(folder)
         if any(p.is_dir() for p in folder.iterdir()):
-            cat.splits[split] = _index_class_folders(folder, split, by_wnid)
+            items = _index_class_folders(folder, split, by_wnid)
+            cat.splits[split] = sorted(items, key=lambda it: (it.name, it.label))  # file order
             continue
         truth = None
         if devkit and split == "val":
@@ -267,12 +268,30 @@ def _open_tar(path: Path) -> tarfile.TarFile:
         raise UserError(f"{path} is not a readable (uncompressed) tar archive: {e}") from None
 
 
-def _check_member(m: tarfile.TarInfo, split: str, end: int, rejects: list[Reject], where: str) -> bool:
+def _members(tar: tarfile.TarFile, path: Path):
+    """The members of an archive read in place; a cut-short archive is a clear error."""
+    size, last = path.stat().st_size, None
+    while True:
+        try:
+            m = tar.next()
+        except tarfile.TarError as e:
+            raise UserError(f"{path} is unreadable after {last.name if last else 'its start'!r} ({e}): "
+                            f"an incomplete download? Download it again") from None
+        if m is None:
+            return
+        if m.offset_data + m.size > size:
+            raise UserError(f"{path} is cut short (it ends inside {m.name!r}): an incomplete download? "
+                            f"Download it again")
+        last = m
+        yield m
+
+
+def _usable(m: tarfile.TarInfo, split: str, rejects: list[Reject], where: str, end: int | None = None) -> bool:
     problem = member_problem(m)
     if problem == "directory":
         return False
-    if problem is None and m.offset_data + m.size > end:
-        problem = "cut short: the archive ends inside this member (incomplete download?)"
+    if problem is None and end is not None and m.offset_data + m.size > end:
+        problem = "cut short: its class archive ends inside it"
     if problem:
         rejects.append(Reject(split, f"{where}{m.name}", problem))
         return False
@@ -282,25 +301,27 @@ def _check_member(m: tarfile.TarInfo, split: str, end: int, rejects: list[Reject
 def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject]) -> list[Item]:
     """ILSVRC*_img_train.tar: one <wnid>.tar per class, each holding that class's JPEGs."""
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
-    size = path.stat().st_size
     items = []
     with _open_tar(path) as outer:
-        for m in outer:
-            if not _check_member(m, "train", size, rejects, ""):
+        for m in _members(outer, path):
+            if not _usable(m, "train", rejects, ""):
                 continue
             base = m.name.rsplit("/", 1)[-1]
             wnid = base[:-4] if base.endswith(".tar") else None
             if wnid not in by_wnid:
                 raise UserError(f"{path.name} holds {m.name!r}, which is not <wnid>.tar for a class of the devkit")
             label, cls = by_wnid[wnid]
+            n_rejects = len(rejects)
             try:
                 with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
                     for im in inner:
-                        if _check_member(im, "train", m.size, rejects, f"{m.name}/"):
+                        if _usable(im, "train", rejects, f"{m.name}/", end=m.size):
                             items.append(Item(im.name, label, cls.ilsvrc_id, str(path),
                                               m.offset_data + im.offset_data, im.size))
             except tarfile.TarError as e:
-                rejects.append(Reject("train", m.name, f"unreadable class archive: {e}"))
+                cut = len(rejects) > n_rejects and rejects[-1].reason.startswith("cut short")
+                if not cut:  # (a cut member already says why nothing follows it)
+                    rejects.append(Reject("train", m.name, f"class archive unreadable from here on: {e}"))
     items.sort(key=lambda it: (it.label, it.name))
     return items
 
@@ -308,11 +329,10 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
 def index_eval_archive(path: Path, split: str, year: int, truth: list[int], devkit: Devkit,
                        rejects: list[Reject]) -> list[Item]:
     """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder)."""
-    size = path.stat().st_size
     entries = []
     with _open_tar(path) as tar:
-        for m in tar:
-            if _check_member(m, split, size, rejects, ""):
+        for m in _members(tar, path):
+            if _usable(m, split, rejects, ""):
                 entries.append((m.name.rsplit("/", 1)[-1], str(path), m.offset_data, m.size))
     return _label_eval(entries, split, year, truth, devkit, path.name, rejects)
 
