@@ -68,8 +68,20 @@ def decode_rgb(data: bytes) -> Image.Image:
 
 
 def resize_crop(im: Image.Image, size: int = SIZE) -> np.ndarray:
-    """Shorter side to `size`, central crop: uint8 [size, size, 3]."""
+    """Shorter side to `size`, central crop: uint8 [size, size, 3].
+
+    Equal, pixel for pixel, to im.resize((w, h), RESAMPLE).crop(central box) (tested against
+    that), but for landscape images it does less work: Pillow resizes in two separable passes,
+    horizontal first into an 8-bit intermediate, then vertical, column by column. So the
+    horizontal pass is run alone, the central columns are cut out, and the vertical pass runs
+    on those 256 columns only (a quarter less work for a 4:3 image)."""
     w, h = resized_size(im.width, im.height, size)
+    if w > size and h != im.height:
+        if w != im.width:
+            im = im.resize((w, im.height), RESAMPLE)  # horizontal pass only
+        left = (w - size) // 2
+        im = im.crop((left, 0, left + size, im.height)).resize((size, h), RESAMPLE)  # vertical pass only
+        return np.asarray(im)
     if (w, h) != im.size:
         im = im.resize((w, h), RESAMPLE)
     if (w, h) != (size, size):

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -124,8 +125,9 @@ def prepare(opts: Options, stream=None) -> Summary:
     say = (lambda text: None) if opts.quiet else (lambda text: print(f"prepare: {text}", file=stream, flush=True))
     if opts.shard_size < 1:
         raise UserError("--shard-size must be at least 1")
-    say(f"indexing {opts.source} (ILSVRC-{opts.year})")
-    cat = sources.catalog(opts.source, opts.year, opts.limit_per_class)
+    say(f"indexing {opts.source} (ILSVRC-{opts.year}): reading the devkit and the archives' headers")
+    with _progress(None, opts, stream, desc="index", unit="classes") as bar:
+        cat = sources.catalog(opts.source, opts.year, opts.limit_per_class, bar)
     if not cat.splits.get("train"):
         raise UserError(f"{opts.source}: no training images found")
     out = Path(opts.out)
@@ -134,8 +136,9 @@ def prepare(opts: Options, stream=None) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
     tasks = plan_shards(cat, out, opts.seed, opts.shard_size)
     counts = {s: len(v) for s, v in cat.splits.items()}
-    say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes, "
-        f"{len(tasks)} shards of up to {opts.shard_size}; {len(cat.rejects)} unusable archive members")
+    say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes: "
+        f"{len(tasks)} shards of up to {opts.shard_size} images"
+        + (f"; {len(cat.rejects)} archive members unusable (see {REJECTS})" if cat.rejects else ""))
     with _lock(out):
         _check_space(out, tasks, opts.workers)
         journal = _read_journal(out)
@@ -145,7 +148,7 @@ def prepare(opts: Options, stream=None) -> Summary:
             t.expect = entry if entry and entry.get("digest") == t.digest else None
         todo = sum(len(t.items) for t in tasks if t.expect is None or not t.path.is_file())
         hasher = _SourceHasher(out, cat.sources)
-        with open(out / JOURNAL, "a") as jf, _progress(todo, opts, stream) as bar:
+        with open(out / JOURNAL, "a") as jf, _progress(todo, opts, stream, unit="img") as bar:
             def record(r: ShardResult) -> None:
                 jf.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
                 jf.flush()
@@ -176,7 +179,7 @@ def prepare(opts: Options, stream=None) -> Summary:
     summary.seconds = time.monotonic() - t0
     size = sum(r.bytes for r in results)
     say(", ".join(f"{s} {n:,} images in {summary.shards[s]} shards" for s, n in summary.counts.items())
-        + f"; {len(rejects)} rejected; {size / 1e9:.2f} GB in {out}")
+        + f"; {len(rejects)} rejected; {_gb(size)} in {out}")
     say(f"{summary.built:,} images decoded in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s, "
         f"{opts.workers} workers)")
     return summary
@@ -190,10 +193,10 @@ def _inside(path: Path, parent: Path) -> bool:
         return False
 
 
-def _progress(total: int, opts: Options, stream):
+def _progress(total: int | None, opts: Options, stream, desc: str = "prepare", unit: str = "img"):
     if opts.quiet:
         return contextlib.nullcontext(None)
-    return Progress(total, "prepare", unit="img", stream=stream)
+    return Progress(total, desc, unit=unit, stream=stream)
 
 
 @contextlib.contextmanager
@@ -461,5 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"source {source} is not a directory ({no_source_message(year)})")
     opts = Options(Path(source), Path(args.out or data.shards), year, args.workers, args.limit_per_class,
                    args.allow_rejects, args.seed, args.shard_size, args.quiet)
-    summary = prepare(opts)
+    try:
+        summary = prepare(opts)
+    except KeyboardInterrupt:
+        print("prepare: interrupted; run the same command again to continue (finished shards are kept)",
+              file=sys.stderr)
+        raise
     return 0 if summary.complete else 1

@@ -39,7 +39,7 @@ WORDS_FILES = ("synset_words.txt", "LOC_synset_mapping.txt")  # "n01440764 tench
 WNID = re.compile(r"^n\d{8}$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 1.28 million of them for ILSVRC-2012: keep them small
 class Item:
     name: str  # file name kept in the shard: member name in its tar, or path below the class folder
     label: int  # index in the sorted list of WordNet ids
@@ -90,13 +90,15 @@ class Devkit:
 
 # ------------------------------------------------------------------------------- the catalog
 
-def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0) -> Catalog:
-    """Index the images under `root` (archives or a tree); raises UserError with one line."""
+def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0, progress=None) -> Catalog:
+    """Index the images under `root` (archives or a tree); raises UserError with one line.
+    `progress.update(1)` is called per class archive or folder of the training set."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"source {root} is not a directory")
     layout = find_layout(root, year)
-    cat = _from_archives(root, year) if layout == "archives" else _from_tree(root, year)
+    tick = progress.update if progress is not None else (lambda n: None)
+    cat = _from_archives(root, year, tick) if layout == "archives" else _from_tree(root, year, tick)
     if limit_per_class:
         for split, items in cat.splits.items():
             cat.splits[split] = _limit(items, limit_per_class)
@@ -131,7 +133,7 @@ def _limit(items: list[Item], n: int) -> list[Item]:
     return out
 
 
-def _from_archives(root: Path, year: int) -> Catalog:
+def _from_archives(root: Path, year: int, tick) -> Catalog:
     names = ARCHIVES[year]
     devkit = read_devkit(root / names["devkit"], year)
     if year == 2010:
@@ -140,7 +142,7 @@ def _from_archives(root: Path, year: int) -> Catalog:
     classes = devkit.classes()
     cat = Catalog(year, "archives", root, classes, {},
                   sources=[root / n for n in names.values()])
-    cat.splits["train"] = index_train_archive(root / names["train"], classes, cat.rejects)
+    cat.splits["train"] = index_train_archive(root / names["train"], classes, cat.rejects, tick)
     cat.splits["val"] = index_eval_archive(root / names["val"], "val", year, devkit.val_ground_truth,
                                            devkit, cat.rejects)
     if year == 2010:
@@ -149,7 +151,7 @@ def _from_archives(root: Path, year: int) -> Catalog:
     return cat
 
 
-def _from_tree(root: Path, year: int) -> Catalog:
+def _from_tree(root: Path, year: int, tick) -> Catalog:
     devkit_path = _find_devkit(root, year)
     devkit = read_devkit(devkit_path, year) if devkit_path else None
     sources = [root / "train"]
@@ -166,7 +168,7 @@ def _from_tree(root: Path, year: int) -> Catalog:
         raise UserError(f"{root / 'train'} holds no class folders (train/<wnid>/*.JPEG)")
     cat = Catalog(year, "tree", root, classes, {}, sources=sources)
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
-    cat.splits["train"] = _index_class_folders(root / "train", "train", by_wnid)
+    cat.splits["train"] = _index_class_folders(root / "train", "train", by_wnid, tick)
     eval_splits = ("val", "test") if year == 2010 else ("val",)
     for split in eval_splits:
         folder = root / split
@@ -215,11 +217,12 @@ def _read_words(root: Path) -> tuple[dict[str, str], Path | None]:
     return {}, None
 
 
-def _index_class_folders(folder: Path, split: str, by_wnid: dict) -> list[Item]:
+def _index_class_folders(folder: Path, split: str, by_wnid: dict, tick=lambda n: None) -> list[Item]:
     items = []
     for d in sorted(folder.iterdir()):
         if d.name.startswith(".") or not d.is_dir():
             continue
+        tick(1)
         if d.name not in by_wnid:
             raise UserError(f"{d} is not a class: {d.name} is not among the {len(by_wnid)} classes")
         label, cls = by_wnid[d.name]
@@ -298,10 +301,11 @@ def _usable(m: tarfile.TarInfo, split: str, rejects: list[Reject], where: str, e
     return True
 
 
-def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject]) -> list[Item]:
+def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject], tick=lambda n: None) -> list[Item]:
     """ILSVRC*_img_train.tar: one <wnid>.tar per class, each holding that class's JPEGs."""
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
     items = []
+    spath = str(path)
     with _open_tar(path) as outer:
         for m in _members(outer, path):
             if not _usable(m, "train", rejects, ""):
@@ -311,12 +315,13 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
             if wnid not in by_wnid:
                 raise UserError(f"{path.name} holds {m.name!r}, which is not <wnid>.tar for a class of the devkit")
             label, cls = by_wnid[wnid]
+            tick(1)
             n_rejects = len(rejects)
             try:
                 with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
                     for im in inner:
                         if _usable(im, "train", rejects, f"{m.name}/", end=m.size):
-                            items.append(Item(im.name, label, cls.ilsvrc_id, str(path),
+                            items.append(Item(im.name, label, cls.ilsvrc_id, spath,
                                               m.offset_data + im.offset_data, im.size))
             except tarfile.TarError as e:
                 cut = len(rejects) > n_rejects and rejects[-1].reason.startswith("cut short")
@@ -330,10 +335,11 @@ def index_eval_archive(path: Path, split: str, year: int, truth: list[int], devk
                        rejects: list[Reject]) -> list[Item]:
     """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder)."""
     entries = []
+    spath = str(path)
     with _open_tar(path) as tar:
         for m in _members(tar, path):
             if _usable(m, split, rejects, ""):
-                entries.append((m.name.rsplit("/", 1)[-1], str(path), m.offset_data, m.size))
+                entries.append((m.name.rsplit("/", 1)[-1], spath, m.offset_data, m.size))
     return _label_eval(entries, split, year, truth, devkit, path.name, rejects)
 
 

@@ -234,3 +234,17 @@ def test_a_shard_with_fewer_images_than_planned_is_exact_and_mappable(tmp_path):
     assert np.array_equal(shards.map_images(meta)[0], img[0])
     assert shards.read_strings(path, "filenames") == ["a.JPEG"]
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_resize_crop_equals_resize_then_crop_for_many_shapes():
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    shapes = [(500, 375), (375, 500), (500, 333), (257, 256), (256, 257), (300, 257), (1000, 300),
+              (255, 100), (100, 255), (256, 256), (640, 480), (299, 1), (3, 700)]
+    shapes += [tuple(int(v) for v in rng.integers(1, 700, 2)) for _ in range(12)]
+    for w, h in shapes:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        W, H = images.resized_size(w, h)
+        direct = np.asarray(im.resize((W, H), Image.BICUBIC))
+        top, left = (H - 256) // 2, (W - 256) // 2
+        assert np.array_equal(images.resize_crop(im), direct[top:top + 256, left:left + 256]), (w, h)
