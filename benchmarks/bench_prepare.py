@@ -72,6 +72,7 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
     repeats = repeats or (1 if quick else 2)
     workers = os.cpu_count() or 1
     n_classes = 10
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         jpegs = make_images(n)
@@ -106,7 +107,8 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = project / baseline
     full = FULL_TRAIN / project
-    print(f"bench_prepare: {total} JPEGs (~500x375, q90, {mean_kb:.0f} KB on average), best of {repeats}")
+    print(f"bench_prepare: {total} JPEGs (~500x375, q90, {mean_kb:.0f} KB on average), best of {repeats}; "
+          f"load average before: {load:.2f} on {workers} cores (other processes slow both sides)")
     print(f"  prepare, {workers} workers (end to end): {project:8.1f} img/s")
     print(f"  naive PIL loop, 1 process:             {baseline:8.1f} img/s")
     print(f"  ratio: {ratio:.2f}x (target: >= 1.8x on two cores)")

@@ -140,7 +140,7 @@ def prepare(opts: Options, stream=None) -> Summary:
         f"{len(tasks)} shards of up to {opts.shard_size} images"
         + (f"; {len(cat.rejects)} archive members unusable (see {REJECTS})" if cat.rejects else ""))
     with _lock(out):
-        _check_space(out, tasks, opts.workers)
+        _check_space(out, tasks)
         journal = _read_journal(out)
         _clear(out, tasks)
         for t in tasks:
@@ -148,17 +148,7 @@ def prepare(opts: Options, stream=None) -> Summary:
             t.expect = entry if entry and entry.get("digest") == t.digest else None
         todo = sum(len(t.items) for t in tasks if t.expect is None or not t.path.is_file())
         hasher = _SourceHasher(out, cat.sources)
-        with open(out / JOURNAL, "a") as jf, _progress(todo, opts, stream, unit="img") as bar:
-            def record(r: ShardResult) -> None:
-                jf.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
-                jf.flush()
-                os.fsync(jf.fileno())
-            try:
-                results = parallel_map(run_shard, tasks, opts.workers, bar, record, hasher.start)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise UserError(f"the disk holding {out} is full: {e}") from None
-                raise
+        results = _build(tasks, opts, out, hasher, todo, stream)
         _write_journal(out, results)
         rejects = [(r.split, r.name, r.reason) for r in cat.rejects]
         rejects += [(res.split, name, reason) for res in results for name, reason in res.rejects]
@@ -172,6 +162,7 @@ def prepare(opts: Options, stream=None) -> Summary:
                 f"stats.h5 and manifest.json not written. Run again with --allow-rejects to accept "
                 f"(finished shards are kept)")
             return summary
+        # The "done" marks, last: the statistics of what the shards hold, then the manifest.
         stats = _merge_moments(results).to_stats(_per_class(results, len(cat.classes)))
         shards.write_stats(out, stats)
         shards.write_manifest(out, _manifest(cat, opts, results, source_info, rejects))
@@ -183,6 +174,21 @@ def prepare(opts: Options, stream=None) -> Summary:
     say(f"{summary.built:,} images decoded in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s, "
         f"{opts.workers} workers)")
     return summary
+
+
+def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, stream) -> list[ShardResult]:
+    """Every shard built or checked, on the pool; each finished shard recorded in the journal."""
+    with open(out / JOURNAL, "a") as journal, _progress(todo, opts, stream) as bar:
+        def record(r: ShardResult) -> None:
+            journal.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        try:
+            return parallel_map(run_shard, tasks, opts.workers, bar, record, hasher.start)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise UserError(f"the disk holding {out} is full: {e}") from None
+            raise
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -218,7 +224,7 @@ def _lock(out: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _check_space(out: Path, tasks: list[ShardTask], workers: int) -> None:
+def _check_space(out: Path, tasks: list[ShardTask]) -> None:
     """Before starting: room for every shard not yet on disk (estimate: 196,608 bytes per image
     plus 64 KB and 200 bytes per image of metadata per shard), and 4 MB for stats and lists."""
     need = sum(len(t.items) * (BYTES_PER_IMAGE + 200) + (64 << 10) for t in tasks if not t.path.is_file())
