@@ -63,7 +63,7 @@ class Options:
     source: Path
     out: Path
     year: int = 2012
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=lambda: default_workers())
     limit_per_class: int = 0  # 0: every image
     allow_rejects: bool = False
     seed: int = 0
@@ -87,6 +87,14 @@ class Summary:
 
 
 # ----------------------------------------------------------------------------------- plan
+
+def default_workers() -> int:
+    """The cores this process may use (respects CPU affinity, e.g. under taskset or a scheduler)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover  (not on Linux)
+        return os.cpu_count() or 1
+
 
 def train_order_key(seed: int, wnid: str, name: str) -> bytes:
     return hashlib.blake2b(f"{seed}\0{wnid}\0{name}".encode(), digest_size=8).digest()
@@ -148,7 +156,7 @@ def prepare(opts: Options, stream=None) -> Summary:
             t.expect = entry if entry and entry.get("digest") == t.digest else None
         todo = sum(len(t.items) for t in tasks if t.expect is None or not t.path.is_file())
         hasher = _SourceHasher(out, cat.sources)
-        results = _build(tasks, opts, out, hasher, todo, stream)
+        results, moments = _build(tasks, opts, out, hasher, todo, stream)
         _write_journal(out, results)
         rejects = [(r.split, r.name, r.reason) for r in cat.rejects]
         rejects += [(res.split, name, reason) for res in results for name, reason in res.rejects]
@@ -163,7 +171,9 @@ def prepare(opts: Options, stream=None) -> Summary:
                 f"(finished shards are kept)")
             return summary
         # The "done" marks, last: the statistics of what the shards hold, then the manifest.
-        stats = _merge_moments(results).to_stats(_per_class(results, len(cat.classes)))
+        if moments.images == 0:
+            raise UserError("every training image was rejected: no mean image or covariance to compute")
+        stats = moments.to_stats(_per_class(results, len(cat.classes)))
         shards.write_stats(out, stats)
         shards.write_manifest(out, _manifest(cat, opts, results, source_info, rejects))
     summary.complete = True
@@ -176,15 +186,21 @@ def prepare(opts: Options, stream=None) -> Summary:
     return summary
 
 
-def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, stream) -> list[ShardResult]:
-    """Every shard built or checked, on the pool; each finished shard recorded in the journal."""
+def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, stream):
+    """Every shard built or checked, on the pool; each finished shard recorded in the journal.
+    Returns the results and the training moments, summed as results arrive (1.5 MB a shard:
+    holding them all for ImageNet would take 2 GB)."""
+    moments = Moments()
     with open(out / JOURNAL, "a") as journal, _progress(todo, opts, stream) as bar:
         def record(r: ShardResult) -> None:
             journal.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
+            if r.moments is not None:
+                moments.merge(r.moments)  # exact integer sums: the order of arrival does not matter
+                r.moments = None
         try:
-            return parallel_map(run_shard, tasks, opts.workers, bar, record, hasher.start)
+            return parallel_map(run_shard, tasks, opts.workers, bar, record, hasher.start), moments
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise UserError(f"the disk holding {out} is full: {e}") from None
@@ -309,16 +325,6 @@ def _per_class(results: list[ShardResult], n_classes: int) -> dict:
     return out
 
 
-def _merge_moments(results: list[ShardResult]) -> Moments:
-    total = Moments()
-    for r in results:
-        if r.split == "train" and r.moments is not None:
-            total.merge(r.moments)
-    if total.images == 0:
-        raise UserError("every training image was rejected: no mean image or covariance to compute")
-    return total
-
-
 def _manifest(cat: Catalog, opts: Options, results: list[ShardResult], source_info: list[dict],
               rejects: list) -> dict:
     per_class = _per_class(results, len(cat.classes))
@@ -420,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "else $ILSVRC_ROOT)")
     p.add_argument("--out", metavar="DIR", help="where the shards go (default: data.shards in the config, data/shards)")
     p.add_argument("--year", type=int, choices=(2012, 2010), help="ILSVRC year (default: data.year in the config, 2012)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+    p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
                    help="worker processes (default: all %(default)s cores; 1 runs in this process)")
     p.add_argument("--limit-per-class", type=int, default=0, metavar="N",
                    help="only the first N images of each class in each split (small trials)")

@@ -111,15 +111,19 @@ def verify(out: Path, workers: int = 1, progress=None) -> list[str]:
                 problems.append(f"{s['name']}: listed in manifest.json but missing")
             else:
                 tasks.append(_Task(str(out / s["name"]), split, s, wnids, words, ids))
-    results = parallel_map(check_shard, tasks, workers, progress)
-    per_class: dict[str, np.ndarray] = {}
     moments = Moments()
+
+    def merge(r: dict) -> None:  # as results arrive, so that ImageNet's 1,252 sums are never held at once
+        if r["moments"] is not None:
+            moments.merge(r["moments"])
+            r["moments"] = None
+
+    results = parallel_map(check_shard, tasks, workers, progress, on_result=merge)
+    per_class: dict[str, np.ndarray] = {}
     for task, r in zip(tasks, results):
         problems += r["problems"]
         if r["per_class"] is not None:
             per_class[task.split] = per_class.get(task.split, 0) + r["per_class"]
-        if r["moments"] is not None:
-            moments.merge(r["moments"])
     for split, info in manifest["splits"].items():
         got = per_class.get(split, np.zeros(len(classes), np.int64))
         if list(got) != list(info["per_class"]):
