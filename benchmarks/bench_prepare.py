@@ -89,7 +89,7 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
             files.append(tmp / "files" / name)
             files[-1].write_bytes(data)
         total = len(files)
-        shard_size = max(16, total // (8 * workers))  # several shards per worker, so they end together
+        shard_size = max(64, total // (8 * workers))  # several shards per worker, so they end together
         project = baseline = 0.0
         for r in range(repeats):
             t = time.perf_counter()

@@ -154,7 +154,7 @@ def prepare(opts: Options, stream=None) -> Summary:
         for t in tasks:
             entry = journal.get(t.name)
             t.expect = entry if entry and entry.get("digest") == t.digest else None
-        todo = sum(len(t.items) for t in tasks if t.expect is None or not t.path.is_file())
+        todo = sum(len(t.items) for t in tasks)  # finished shards count as they are checked
         hasher = _SourceHasher(out, cat.sources)
         results, moments = _build(tasks, opts, out, hasher, todo, stream)
         _write_journal(out, results)

@@ -73,6 +73,8 @@ def run_shard(task: ShardTask, report=None) -> ShardResult:
     if task.expect and task.expect.get("digest") == task.digest and task.path.is_file():
         kept = _check_finished(task)
         if kept is not None:
+            if report:
+                report(len(task.items))
             return kept
     return build_shard(task, report)
 
