@@ -6,9 +6,10 @@ Both read the same generated ImageNet-sized JPEGs (about 500x375, quality 90; 30
 prepare from archives in the official ILSVRC-2012 layout, end to end (indexing, decoding,
 resizing, writing and hashing the shards, the mean/PCA sums, hashing the archives, the
 manifest); the baseline from the same files on disk with open, convert, resize, crop and
-nothing else. Prints both rates, the ratio, and the time the full 1,281,167-image training set
-would take on this machine (from prepare's rate on these images; real ImageNet JPEGs average
-roughly 400x350, a little smaller).
+nothing else. Prints both rates, the ratio, the CPU time per image of each (which bounds the
+ratio on idle cores: prepare also writes and hashes the shards and sums the statistics), and the
+time the full 1,281,167-image training set would take on this machine (from prepare's rate on
+these images; real ImageNet JPEGs average roughly 400x350 and about 110 KB).
 
 `run(quick)` returns the rows `./run.sh bench` tabulates.
 """
@@ -62,13 +63,20 @@ def naive_loop(paths: list[Path]) -> None:
         np.asarray(im.crop((left, top, left + 256, top + 256)))
 
 
+def _cpu() -> float:
+    """CPU seconds used so far by this process and its finished children (the pool's workers)."""
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _duration(seconds: float) -> str:
     h, m = divmod(int(round(seconds / 60)), 60)
     return f"{h} h {m:02d} min"
 
 
 def run(quick: bool = False, images: int | None = None, repeats: int | None = None) -> list[dict]:
-    n = images or (240 if quick else 1200)
+    n = images or (240 if quick else 2000)
     repeats = repeats or (1 if quick else 3)
     workers = os.cpu_count() or 1
     n_classes = 10
@@ -91,15 +99,18 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
         total = len(files)
         shard_size = max(64, total // (8 * workers))  # several shards per worker, so they end together
         project = baseline = 0.0
+        cpu_project = cpu_baseline = float("inf")
         for r in range(repeats):
-            t = time.perf_counter()
+            c, t = _cpu(), time.perf_counter()
             naive_loop(files)
             baseline = max(baseline, total / (time.perf_counter() - t))
+            cpu_baseline = min(cpu_baseline, (_cpu() - c) / total)
             out = tmp / f"out{r}"
-            t = time.perf_counter()
+            c, t = _cpu(), time.perf_counter()
             summary = prepare.prepare(prepare.Options(tmp / "src", out, workers=workers, shard_size=shard_size,
                                                       quiet=True))
             project = max(project, total / (time.perf_counter() - t))
+            cpu_project = min(cpu_project, (_cpu() - c) / total)
             assert summary.complete and sum(summary.counts.values()) == total
             shutil.rmtree(out)
         mean_kb = sum(len(b) for b in jpegs) / len(jpegs) / 1024
@@ -112,6 +123,9 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
     print(f"  prepare, {workers} workers (end to end): {project:8.1f} img/s")
     print(f"  naive PIL loop, 1 process:             {baseline:8.1f} img/s")
     print(f"  ratio: {ratio:.2f}x (target: >= 1.8x on two cores)")
+    print(f"  CPU time per image: prepare {cpu_project * 1e3:.2f} ms (all processes), naive loop "
+          f"{cpu_baseline * 1e3:.2f} ms; so on {workers} otherwise idle cores the ratio is at most "
+          f"{workers * cpu_baseline / cpu_project:.2f}x")
     print(f"  full ILSVRC-2012 train set ({FULL_TRAIN:,} images) at this rate: {_duration(full)} on this "
           f"machine ({workers} cores); {_duration(full * workers)} per core, i.e. one core alone "
           f"({project / workers:.1f} img/s per core)")
@@ -123,7 +137,7 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="240 images, one repeat")
-    p.add_argument("--images", type=int, help="number of JPEGs (default 1200; 240 with --quick)")
+    p.add_argument("--images", type=int, help="number of JPEGs (default 2000; 240 with --quick)")
     p.add_argument("--repeats", type=int, help="best of this many runs of each (default 3; 1 with --quick)")
     args = p.parse_args(argv)
     run(args.quick, args.images, args.repeats)
