@@ -62,6 +62,8 @@ def decode_rgb(data: bytes) -> Image.Image:
         raise BadImage(f"too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "broken"
         raise BadImage(_one_line(e)) from None
+    except Exception as e:  # a decoder tripping over a malformed file must not stop the run
+        raise BadImage(f"{type(e).__name__}: {_one_line(e)}") from None
     if im.width < 1 or im.height < 1:
         raise BadImage(f"empty image {im.width}x{im.height}")
     return im
