@@ -7,6 +7,8 @@ A prepared directory holds:
     val-00000.h5, ...                     validation in file order (test-*.h5 for ILSVRC-2010 test)
     stats.h5                              mean image (float64) and the RGB covariance + eigen-decomposition
     manifest.json                         classes, counts, seed, hashes; written last (the "done" mark)
+    rejects.tsv                           split, name, reason of every image that is not in the shards
+    .prepare-journal.jsonl, ...           prepare's own bookkeeping for resuming (hidden; readers ignore it)
 
 Each shard (HDF5) holds:
     images       uint8 [N, 256, 256, 3]   contiguous, no chunking or compression (memory-mappable);
