@@ -10,40 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from data_prep import images as image_prep
 from repro import augment, data, evaluate
 from repro.errors import UserError
 
-SIZE = 256
-# The same filter and rounding as data_prep.images (the shards' preparation).
-RESAMPLE = Image.Resampling.BICUBIC
 
-
-def prepare_image(path: str | Path, size: int = SIZE) -> np.ndarray:
-    """An image file -> uint8 [size, size, 3]: RGB, shorter side to `size`, central crop."""
+def prepare_image(path: str | Path) -> np.ndarray:
+    """An image file -> uint8 [256, 256, 3], exactly as `prepare` wrote the training shards."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                im.load()
-                im = im.convert("RGB") if im.mode != "RGB" else im.copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {' '.join(str(e).split())[:200]}") from None
-    w, h = im.size
-    if w <= h:
-        new = size, max(size, (h * size + w // 2) // w)
-    else:
-        new = max(size, (w * size + h // 2) // h), size
-    if new != im.size:
-        im = im.resize(new, RESAMPLE)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)))
+        return image_prep.load(Path(path).read_bytes())
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except image_prep.BadImage as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
 
 
 @torch.no_grad()
