@@ -31,6 +31,7 @@ CLASSES = (
     ("n90000009", "waves", 0.80),
     ("n90000010", "star", 0.90),
 )
+VERSION = 1  # bump when drawing changes, so the demo regenerates its archives
 SIZES = ((500, 375), (500, 333), (375, 500), (450, 450), (500, 400))
 
 

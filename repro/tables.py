@@ -13,7 +13,11 @@ How a run finds its row:
 - its fidelity variant (paper text, code 145, mixed) compares the points where
   paper_configs/alexnet_2gpu.toml and alexnet_2gpu_code145.toml differ, whatever their values;
 - its scale notes compare its widths, classes and batch size with the row's config file, and
-  say how far it trained, so a demo-sized run is never mistaken for the paper's experiment.
+  say how far it trained, so a demo-sized run is never mistaken for the paper's experiment;
+- only runs on ILSVRC's 1000 classes fill the rows of Tables 1 and 2 and sit beside the known
+  reproductions: a run on other data (the demo's 10 generated classes) is listed with its own
+  numbers in the runs table, and may still fill an ablation row against a full-model run of the
+  same data in the same report (the delta is comparable; the absolute errors are not).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ FULL_MODEL = "alexnet_2gpu.toml"
 CODE145 = "alexnet_2gpu_code145.toml"
 SCALE_KEYS = ("model.widths.", "model.num_classes", "data.batch_size")
 REDUCED, PARTLY_TRAINED = "reduced scale", "partly trained"
+ILSVRC_CLASSES = 1000
 
 # The change against the full model that each ablation row of published.json makes.
 ABLATIONS = {
@@ -66,6 +71,12 @@ class Run:
         return not any(n.startswith((REDUCED, PARTLY_TRAINED)) for n in self.notes)
 
     @property
+    def ilsvrc(self) -> bool:
+        """Only a run on ILSVRC's 1000 classes is set beside the paper's absolute numbers (Tables
+        1 and 2, known reproductions); a run on other data (the demo) appears in the runs table."""
+        return self.cfg.model.num_classes == ILSVRC_CLASSES
+
+    @property
     def split(self) -> str | None:
         return next((r["split"] for r in self.results.values()), None)
 
@@ -85,6 +96,9 @@ def describe(name: str, cfg: Config, records: dict, published: dict, members=())
     run = Run(name, cfg, int(year), {v: summary(r) for v, r in records.items()}, list(members), changes)
     run.variant, points = fidelity(cfg)
     run.notes = [f"fidelity: {run.variant}"] + points + scale_notes(cfg, row_config(run, published), first)
+    if not run.ilsvrc:
+        run.notes.append(f"not ILSVRC ({cfg.model.num_classes} classes): not set beside the paper's "
+                         f"absolute numbers")
     return run
 
 
@@ -169,7 +183,7 @@ def _status_not_run(row: dict) -> str:
 
 
 def _fills(row: dict, table: dict, run: Run) -> bool:
-    return (row.get("config") is not None and row.get("nets") == run.nets and not run.changes
+    return (row.get("config") is not None and row.get("nets") == run.nets and not run.changes and run.ilsvrc
             and run.year == table["year"] and run.split == table["split"])
 
 
@@ -181,7 +195,7 @@ def table_lines(table: dict, runs: list[Run]) -> list[dict]:
         for run in fills or [None]:
             lines.append(_line(table, row, run))
     for run in runs:  # ensembles with no row of their own in the paper
-        if run.members and not run.changes and run.year == table["year"] and run.split == table["split"] \
+        if run.members and not run.changes and run.ilsvrc and run.year == table["year"] and run.split == table["split"] \
                 and not any(_fills(row, table, run) for row in table["rows"]):
             lines.append(_line(table, {"id": f"{run.nets}_cnns", "model": f"{run.nets} CNNs",
                                        "paper": {}, "source": None}, run))
@@ -247,7 +261,7 @@ def ablation_lines(published: dict, runs: list[Run]) -> list[dict]:
 def reproduction_lines(published: dict, runs: list[Run]) -> list[dict]:
     """Known reproductions beside this project's full-model runs measured the same way."""
     lines = []
-    full = [r for r in runs if not r.changes and not r.members]
+    full = [r for r in runs if not r.changes and not r.members and r.ilsvrc]
     for rep in published["reproductions"]:
         views = "centre" if rep["views"] == "centre" else "ten"
         same = [r for r in full if r.year == rep["year"] and r.split == rep["split"] and views in r.results]

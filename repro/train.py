@@ -140,6 +140,10 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                         f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
                         f"to try everything on generated data")
 
+    classes = len(data.class_names(data_root))
+    if classes != cfg.model.num_classes:
+        raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
+                        f"{cfg.model.num_classes}: set model.num_classes = {classes}")
     model = AlexNet.from_config(cfg, placement=placement)
     if cfg.speed.channels_last:
         model.to(memory_format=torch.channels_last)

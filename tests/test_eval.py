@@ -1,4 +1,5 @@
 """Evaluation (section 6), ensembles, the report, predict and export. Tiny scale (tests/tiny_data.py)."""
+import functools
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from repro import checkpoint, cli, data, evaluate, figures, report, rundir, tabl
 from repro.model import AlexNet
 from repro.predict import prepare_image
 from tests.tiny_data import SIGNAL, small_config
+from tests.tiny_data import small_config as _small_config
 
 CROP = 224
 
@@ -186,9 +188,8 @@ def test_report_end_to_end_writes_every_figure(tiny_report, tiny_run):
         assert f"]({name})" in md
     # The numbers are this run's evaluation, nothing else.
     ten = json.loads((tiny_run / "eval" / "val-ten.json").read_text())
-    line = next(ln for t in rep["tables"] for ln in t["lines"] if ln["run"] == "tiny")
-    assert (line["table"], line["row"]) == ("table2", "one_cnn")
-    assert line["ours"]["ten"]["top1"] == pytest.approx(100 * ten["top1_error"])
+    run = next(r for r in rep["runs"] if r["name"] == "tiny")
+    assert run["results"]["ten"]["top1"] == pytest.approx(100 * ten["top1_error"])
     assert f"{100 * ten['top1_error']:.2f} / {100 * ten['top5_error']:.2f}" in md
     # Figure 3's numbers are the colour specificity of the checkpoint's conv1 kernels.
     params = [torch.load(f, weights_only=True)["params"] for f in sorted(checkpoint.latest(tiny_run).glob("tower*.pt"))]
@@ -231,11 +232,13 @@ def test_report_shows_no_number_for_a_row_no_run_produced(tiny_report):
                 assert row[i] == str((pub["paper"].get(split) or {}).get(key) or "—")
             if "run here: tiny" in row[-1]:
                 ran += 1
-                assert all(re.fullmatch(r"[-+]?\d+\.\d\d / [-+]?\d+\.\d\d", row[i]) for i in ours), row
-            else:
-                assert all(row[i] == "—" for i in ours), row
-                assert "not run here" in row[-1] or "paper only" in row[-1]
-    assert ran == 1
+            assert all(row[i] == "—" for i in ours), row
+            assert "not run here" in row[-1] or "paper only" in row[-1]
+    assert ran == 0  # the tiny run has 4 classes, not ILSVRC's 1000: no row of Tables 1-2 is its
+    header, rows = _md_rows(md, "Runs")
+    assert rows[0][0].startswith("tiny") and re.fullmatch(r"\d+\.\d\d / \d+\.\d\d", rows[0][-1])
+    header, rows = _md_rows(md, "Known reproductions")
+    assert all(row[3] == "—" for row in rows)
     header, rows = _md_rows(md, "Ablations")
     assert len(rows) == len(published["ablations"])
     for row in rows:
@@ -256,6 +259,7 @@ def records(split: str, year: int, top1: float, epoch: int = 90) -> dict:
 
 def test_runs_fill_the_rows_their_configs_reproduce():
     published = tables.load_published()
+    small_config = functools.partial(_small_config, "model.num_classes=1000")  # ILSVRC's classes
     paper = tables.describe("full", small_config(), records("val", 2012, 0.40), published)
     code = tables.describe("c145", small_config(config="alexnet_2gpu_code145.toml"), records("val", 2012, 0.41), published)
     no_lrn = tables.describe("nolrn", small_config(config="ablation_no_lrn.toml"), records("val", 2012, 0.42), published)
@@ -278,6 +282,10 @@ def test_runs_fill_the_rows_their_configs_reproduce():
     centre_only = tables.describe("c", small_config(), {"centre": records("val", 2012, 0.4)["centre"]}, published)
     line = next(ln for ln in tables.table_lines(published["tables"][1], [centre_only]) if ln["run"])
     assert set(line["ours"]) == {"centre"} and line["delta_paper"] is None
+    # A run on other data (the demo's classes) fills no row of the paper's tables.
+    demo = tables.describe("demo", _small_config(), records("val", 2012, 0.3), published)
+    assert not any(ln["run"] for t in published["tables"] for ln in tables.table_lines(t, [demo]))
+    assert not any(ln["run"] for ln in tables.reproduction_lines(published, [demo]))
 
 
 # ----------------------------------------------------------------------------- Figure 3
