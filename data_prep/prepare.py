@@ -41,7 +41,7 @@ from data_prep import images, shards, sources
 from data_prep.sources import Catalog, Item
 from data_prep.stats import Moments
 from data_prep.workers import ShardResult, ShardTask, parallel_map, run_shard
-from repro.errors import UserError
+from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
 
 SHARD_SIZE = 1024  # images per shard: 1024 x 196,608 bytes = 201 MB
@@ -410,7 +410,7 @@ class _SourceHasher:
 # ------------------------------------------------------------------------------------ CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh prepare",
         description="Turn ImageNet as image-net.org serves it (or an extracted tree) into the HDF5 shards "
                     "and mean/PCA statistics the trainer reads. Safe to interrupt: run it again and it "

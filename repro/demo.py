@@ -22,7 +22,7 @@ from data_prep import demo_data
 from data_prep import prepare as prep
 from repro import checkpoint, evaluate, report, rundir
 from repro.config import CONFIG_DIR, load_config
-from repro.errors import UserError
+from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
 from repro.train import train
 
@@ -33,7 +33,7 @@ SMOKE_SETTINGS = ["model.num_classes=4", "data.batch_size=8", "train.max_steps=3
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh demo", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default="data/demo", help="where the archives and shards go (default data/demo)")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from data_prep import shards
 from repro import checkpoint, data, rundir
-from repro.errors import UserError
+from repro.errors import ArgumentParser, UserError
 from repro.model import AlexNet
 from repro.parallel import OneDevice
 from repro.progress import Progress
@@ -319,7 +319,7 @@ def evaluate_ensemble(run_dirs: list, opts: EvalOptions) -> dict[str, dict]:
 # ------------------------------------------------------------------------ the command
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh eval", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Top-1 / top-5 error of a run's latest checkpoint with the centre crop and with "
                     "10 views (the softmax outputs of the four corner and centre patches and their "

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from repro import augment, data, evaluate
+from repro.errors import ArgumentParser
 
 CROP = augment.CROP
 
@@ -80,7 +81,7 @@ def export(run_dir: str | Path, out: str | Path, data_override=None) -> Path:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh export", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A trained run as one TorchScript file for use outside this project "
                     "(plain torch.jit.load; no repro code needed).", epilog=__doc__.split("\n\n", 1)[1])

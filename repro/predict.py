@@ -17,7 +17,7 @@ import torch
 
 from data_prep import images as image_prep
 from repro import augment, data, evaluate
-from repro.errors import UserError
+from repro.errors import ArgumentParser, UserError
 
 
 def prepare_image(path: str | Path) -> np.ndarray:
@@ -43,7 +43,7 @@ def ten_view_probs(model, normalizer, images: np.ndarray, batch_size: int = 16) 
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The top-5 classes of image files with a trained run: each image prepared as the "
                     "training data was (RGB, shorter side to 256, central 256x256 crop), then 10 views "

@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 
 from repro import checkpoint, data, evaluate, figures, rundir, tables
+from repro.errors import ArgumentParser
 
 DASH = "—"
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh report", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The paper's tables with this project's runs beside them. Writes "
         "results/<name>/report.md, report.json (the same numbers) and PNG figures: Tables 1 and 2 and "

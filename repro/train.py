@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from repro import checkpoint, data, evaluate, rundir
 from repro.config import DEFAULT_CONFIG, Config, load_config
-from repro.errors import UserError
+from repro.errors import ArgumentParser, UserError
 from repro.model import AlexNet, _mix
 from repro.optim import PaperSGD, Schedule
 from repro.parallel import Distributed, make_placement
@@ -32,7 +32,7 @@ from repro.progress import Progress
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh train", description=__doc__.split("\n\n")[0],
         epilog="Examples:\n"
                "  ./run.sh train                                   # the paper's text, default data\n"
