@@ -176,12 +176,13 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                  "schedule": schedule.state_dict(), "config": cfg.name}
         if not distributed:
             return checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints)
-        barrier = lambda: dist.barrier()  # noqa: E731
         # Pair 0 writes (the other pairs hold the same weights); rank 0 writes state.pt last.
+        path = None
         if placement.pair == 0:
-            checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints,
-                            write_state=main_process, barrier=lambda: dist.barrier(placement.pair_group))
-        barrier()
+            path = checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints,
+                                   write_state=main_process, barrier=lambda: dist.barrier(placement.pair_group))
+        dist.barrier()
+        return path
 
     stop = StopRequest()
     autocast = torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and device.type == "cuda" else _null()

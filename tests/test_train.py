@@ -130,6 +130,20 @@ def test_two_gloo_processes_train_like_one_device(tiny_shards, tmp_path):
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path):
+    """./run.sh train --nproc 2: torchrun starts two gloo processes, one tower each."""
+    run = tmp_path / "np2"
+    args = [sys.executable, "-m", "repro", "train", "--nproc", "2", "--data", str(tiny_shards),
+            "--run-dir", str(run), *sum((["--set", s] for s in SMALL + ["train.max_steps=2",
+                                                                        "train.placement=distributed"]), [])]
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = checkpoint.latest(run)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.pt", "tower0.pt", "tower1.pt"]
+    assert checkpoint.read_state(ckpt)["step"] == 2 and str(ckpt) in r.stdout
+    assert json.loads((run / rundir.PROVENANCE).read_text())["world_size"] == 2
+
+
 def test_cli_errors_are_one_line(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "repro", "train", *args], cwd=REPO,
