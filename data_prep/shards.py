@@ -7,6 +7,8 @@ A prepared directory holds:
     val-00000.h5, ...                     validation in file order (test-*.h5 for ILSVRC-2010 test)
     stats.h5                              mean image (float64) and the RGB covariance + eigen-decomposition
     manifest.json                         classes, counts, seed, hashes; written last (the "done" mark)
+    rejects.tsv                           split, name, reason of every image that is not in the shards
+    .prepare-journal.jsonl, ...           prepare's own bookkeeping for resuming (hidden; readers ignore it)
 
 Each shard (HDF5) holds:
     images       uint8 [N, 256, 256, 3]   contiguous, no chunking or compression (memory-mappable);
@@ -22,11 +24,20 @@ manifest.json holds (JSON):
     schema_version, year, seed (of the training order), resize (the filter used),
     classes: [{"index", "wnid", "words", "ilsvrc_id"}]   sorted by WordNet id
     splits: {"train": {"count", "per_class": [C ints], "shards": [{"name", "count", "bytes", "sha256"}]}, ...}
-    sources: [{"name", "bytes", "sha256"}]               the archives or folders read
-    rejects: {"count", "file"}                           images that could not be decoded
+    sources: [{"name", "bytes", "sha256", "hash_of"}]    the archives or folders read; hash_of is
+                                                         "content" (an archive's bytes) or "listing"
+                                                         (a folder: sorted "path<TAB>size" lines)
+    rejects: {"count", "file", "per_split"}              images that could not be used (rejects.tsv)
+    layout ("archives" or "tree"), shard_size, limit_per_class, train_order (how the seed is used)
+
+stats.h5 holds: mean float64 [256, 256, 3]; covariance, eigenvectors float64 [3, 3]; eigenvalues
+float64 [3] (descending); attrs pixels, images (training images), scale = "0-255"; and
+counts/<split> int64 [C], the images per class of each split (equal to what the shards hold).
 
 Every file is written under a temporary name and renamed when complete, so a reader never sees a
-half-written shard.
+half-written shard. ShardWriter writes a shard a chunk of images at a time; write_shard is the
+same for a shard held in memory. No timestamps are stored (track_times=False), so the same
+images give byte-identical files.
 """
 from __future__ import annotations
 
@@ -72,26 +83,99 @@ def list_shards(root: str | Path, split: str) -> list[Path]:
 def write_shard(path: str | Path, images: np.ndarray, labels, ilsvrc_ids, filenames,
                 class_wnids, class_words, split: str, index: int) -> None:
     """Write one complete shard atomically (temporary name, fsync, rename)."""
-    path = Path(path)
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    n = len(images)
-    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise ValueError(f"images must be [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {images.shape}")
-    if not (len(labels) == len(ilsvrc_ids) == len(filenames) == n):
+    if not (len(labels) == len(ilsvrc_ids) == len(filenames) == len(images)):
         raise ValueError("images, labels, ilsvrc_ids and filenames differ in length")
-    tmp = tmp_name(path)
-    with h5py.File(tmp, "w") as f:
+    with ShardWriter(path, len(images), class_wnids, class_words, split, index) as w:
+        w.append(images, labels, ilsvrc_ids, filenames)
+
+
+class ShardWriter:
+    """Write one shard a chunk of images at a time, under a temporary name until close().
+
+        with ShardWriter(path, capacity, class_wnids, class_words, "train", 3) as w:
+            w.append(images, labels, ilsvrc_ids, filenames)   # as often as needed
+        # renamed into place here; on an exception the temporary file is removed instead
+
+    `capacity` is the number of images planned. A contiguous dataset cannot shrink, so if fewer
+    are appended (some images rejected), close() copies them into a file of the exact size.
+    """
+
+    def __init__(self, path: str | Path, capacity: int, class_wnids, class_words, split: str, index: int):
+        self.path = Path(path)
+        self.capacity = int(capacity)
+        self.class_wnids, self.class_words = list(class_wnids), list(class_words)
+        self.split, self.index = split, index
+        self.count = 0
+        self._labels, self._ids, self._names = [], [], []
+        self._tmp = tmp_name(self.path)
+        self._file = h5py.File(self._tmp, "w")
         # No chunks, no compression: the dataset is one contiguous block that np.memmap can map.
-        f.create_dataset("images", data=images)
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int16))
-        f.create_dataset("ilsvrc_ids", data=np.asarray(ilsvrc_ids, dtype=np.int16))
-        f.create_dataset("filenames", data=list(filenames), dtype=_STR)
-        f.create_dataset("class_wnids", data=list(class_wnids), dtype=_STR)
-        f.create_dataset("class_words", data=list(class_words), dtype=_STR)
+        self._images = self._file.create_dataset(
+            "images", shape=(self.capacity, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8, track_times=False)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def append(self, images: np.ndarray, labels, ilsvrc_ids, filenames) -> None:
+        images = np.asarray(images, dtype=np.uint8)
+        k = len(images)
+        if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"images must be [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {images.shape}")
+        if not (len(labels) == len(ilsvrc_ids) == len(filenames) == k):
+            raise ValueError("images, labels, ilsvrc_ids and filenames differ in length")
+        if self.count + k > self.capacity:
+            raise ValueError(f"{self.path.name}: more than the {self.capacity} images planned")
+        if k:
+            self._images[self.count:self.count + k] = images
+        self.count += k
+        self._labels.extend(int(x) for x in labels)
+        self._ids.extend(int(x) for x in ilsvrc_ids)
+        self._names.extend(str(x) for x in filenames)
+
+    def close(self) -> None:
+        if self._file is None:
+            raise ValueError(f"{self.path.name}: already closed")
+        if self.count < self.capacity:
+            self._shrink()
+        f = self._file
+        f.create_dataset("labels", data=np.asarray(self._labels, dtype=np.int16), track_times=False)
+        f.create_dataset("ilsvrc_ids", data=np.asarray(self._ids, dtype=np.int16), track_times=False)
+        f.create_dataset("filenames", data=self._names, dtype=_STR, track_times=False)
+        f.create_dataset("class_wnids", data=self.class_wnids, dtype=_STR, track_times=False)
+        f.create_dataset("class_words", data=self.class_words, dtype=_STR, track_times=False)
         f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["split"] = split
-        f.attrs["index"] = index
-    _fsync_rename(tmp, path)
+        f.attrs["split"] = self.split
+        f.attrs["index"] = self.index
+        f.close()
+        self._file = None
+        _fsync_rename(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the temporary file (nothing appears under the final name)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tmp.unlink(missing_ok=True)
+
+    def _shrink(self) -> None:
+        old_tmp, old = self._tmp, self._file
+        self._tmp = self.path.with_name(f".{self.path.name}.exact.partial")
+        new = h5py.File(self._tmp, "w")
+        images = new.create_dataset("images", shape=(self.count, IMAGE_SIZE, IMAGE_SIZE, 3),
+                                    dtype=np.uint8, track_times=False)
+        for start in range(0, self.count, 64):
+            stop = min(start + 64, self.count)
+            images[start:stop] = self._images[start:stop]
+        old.close()
+        old_tmp.unlink()
+        self._file, self._images = new, images
 
 
 def _fsync_rename(tmp: Path, path: Path) -> None:
@@ -162,25 +246,29 @@ class Stats:
     eigenvalues: np.ndarray  # float64 [3], descending
     eigenvectors: np.ndarray  # float64 [3, 3], column i belongs to eigenvalues[i]
     pixels: int  # number of pixels the covariance was computed over
+    images: int = 0  # number of training images the mean is over
+    counts: dict | None = None  # split -> int64 [C], images per class in the shards
 
 
 def write_stats(root: str | Path, stats: Stats) -> None:
     path = Path(root) / STATS
     tmp = tmp_name(path)
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("mean", data=stats.mean.astype(np.float64))
-        f.create_dataset("covariance", data=stats.covariance.astype(np.float64))
-        f.create_dataset("eigenvalues", data=stats.eigenvalues.astype(np.float64))
-        f.create_dataset("eigenvectors", data=stats.eigenvectors.astype(np.float64))
+        for name in ("mean", "covariance", "eigenvalues", "eigenvectors"):
+            f.create_dataset(name, data=np.asarray(getattr(stats, name), dtype=np.float64), track_times=False)
+        for split, counts in sorted((stats.counts or {}).items()):
+            f.create_dataset(f"counts/{split}", data=np.asarray(counts, dtype=np.int64), track_times=False)
         f.attrs["pixels"] = stats.pixels
+        f.attrs["images"] = stats.images
         f.attrs["scale"] = "0-255"
     _fsync_rename(tmp, path)
 
 
 def read_stats(root: str | Path) -> Stats:
     with h5py.File(Path(root) / STATS, "r") as f:
+        counts = {split: f["counts"][split][:] for split in f["counts"]} if "counts" in f else None
         return Stats(f["mean"][:], f["covariance"][:], f["eigenvalues"][:], f["eigenvectors"][:],
-                     int(f.attrs["pixels"]))
+                     int(f.attrs["pixels"]), int(f.attrs.get("images", 0)), counts)
 
 
 def write_manifest(root: str | Path, manifest: dict) -> None:

@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from repro.errors import UserError
+from repro.errors import ArgumentParser, UserError
 
 BENCHMARKS = ("lrn", "train_step", "loader", "prepare")  # the default order
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -136,8 +136,8 @@ def throughput_model(as_json: bool) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m repro bench",
+    p = ArgumentParser(
+        prog="./run.sh bench",
         description="Run the project's benchmarks (benchmarks/bench_<name>.py) and print one "
                     "table: each row is this project against a baseline measured in the same run.")
     p.add_argument("names", nargs="*", metavar="NAME",

@@ -2,16 +2,30 @@
 
 10 views: the four corner patches, the centre patch and the mirror of each; the network's softmax
 outputs over the ten are averaged. Ensembles average the softmax outputs of several networks.
+
+`./run.sh eval RUN_DIR` writes RUN_DIR/eval/<split>-<views>.json: the errors, the per-class errors,
+the checkpoint (path, step, sha256 of its files) and the shards (sha256 from manifest.json), with
+the softmax outputs beside it (<split>-<views>.probs.npy) for ensembles and figures.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from repro import data
+from data_prep import shards
+from repro import checkpoint, data, rundir
+from repro.errors import ArgumentParser, UserError
+from repro.model import AlexNet
+from repro.parallel import OneDevice
+from repro.progress import Progress
 
 
 def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
@@ -73,3 +87,278 @@ def per_class_errors(probs: torch.Tensor, labels: torch.Tensor, num_classes: int
         rows = labels == c
         out[c] = [miss1[rows].mean().item(), miss5[rows].mean().item()]
     return out
+
+
+# ------------------------------------------------------------------ both views in one pass
+
+VIEW_CHOICES = ("centre", "ten", "both")
+
+
+@torch.no_grad()
+def predict_views(model, root, split: str, views: str, batch_size: int, workers: int, normalizer,
+                  progress=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """({"centre": probs, "ten": probs}, labels) for every image of a split, in file order.
+
+    views "centre" reads the centre crop only; "ten" and "both" read the ten views once and take
+    the centre crop's softmax from among them (the centre patch is one of the ten), so "both"
+    costs no more than "ten".
+    """
+    model.eval()
+    device = model.placement.output_device
+    read = "centre" if views == "centre" else "ten"
+    offsets = data.view_offsets(read)
+    centre = int(np.flatnonzero((offsets == data.view_offsets("centre")).all(axis=1))[0])
+    out: dict[str, list] = {"centre": [], "ten": []} if views == "both" else {views: []}
+    labels = []
+    for images, y, view_offsets in data.eval_batches(root, split, read, batch_size, workers,
+                                                     pin_memory=device.type == "cuda"):
+        x = normalizer.views(images, view_offsets).to(device, non_blocking=True)
+        p = F.softmax(model(x).float(), dim=1).view(len(y), len(offsets), -1)  # (B, V, C)
+        if "centre" in out:
+            out["centre"].append(p[:, centre].cpu())
+        if "ten" in out:
+            out["ten"].append(p.mean(dim=1).cpu())
+        labels.append(y)
+        if progress is not None:
+            progress.update(len(y))
+    return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
+
+
+def ensemble(probs: list[torch.Tensor]) -> torch.Tensor:
+    """The paper's "5 CNNs": the softmax outputs of several nets, averaged (section 6)."""
+    return torch.stack(probs).mean(dim=0)
+
+
+# --------------------------------------------------------------------------------- a run
+
+def load_run(run_dir: str | Path, device: str = "cpu", ckpt: str | Path | None = None, overrides=()):
+    """(model, cfg): a one-device model built from the run's config.toml (with `overrides`,
+    section.key=value), with the weights of its latest checkpoint (or `ckpt`), in eval mode."""
+    run_dir = Path(run_dir)
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a run directory ({rundir.CONFIG} missing)")
+    cfg = rundir.read_config(run_dir, overrides)
+    ckpt = ckpt or latest_checkpoint(run_dir)
+    model = AlexNet.from_config(cfg, placement=OneDevice(resolve_device(device)))
+    checkpoint.load_into(ckpt, model)
+    return model.eval(), cfg
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    ckpt = checkpoint.latest(run_dir)
+    if ckpt is None:
+        raise UserError(f"{run_dir} has no finished checkpoint: train it first "
+                        f"(./run.sh train CONFIG --run-dir {run_dir})")
+    return ckpt
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def data_root(run_dir: str | Path, override: str | Path | None = None) -> Path:
+    """The prepared data a run was trained on (its provenance.json), or `override` (--data)."""
+    if override:
+        return Path(override)
+    path = Path(run_dir) / rundir.PROVENANCE
+    try:
+        root = Path(json.loads(path.read_text())["data"]["root"])
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{path} does not say which data the run used: pass --data DIR") from None
+    if not root.is_absolute() and not root.exists() and (rundir.REPO / root).exists():
+        root = rundir.REPO / root  # relative to the repository the run was started from
+    return root
+
+
+def checkpoint_record(ckpt: Path) -> dict:
+    """Path, step, epoch and the sha256 of every file of a checkpoint."""
+    state = checkpoint.read_state(ckpt)
+    return {"path": str(ckpt), "step": state.get("step"), "epoch": state.get("epoch"),
+            "sha256": {f.name: shards.file_sha256(f) for f in sorted(ckpt.glob("*.pt"))}}
+
+
+def data_record(root: Path, split: str) -> dict:
+    """Where the data is, its year, and the sha256 of the split's shards (from manifest.json)."""
+    manifest = shards.read_manifest(root)
+    listed = manifest.get("splits", {}).get(split, {}).get("shards", [])
+    return {"root": str(root), "year": manifest.get("year"), "split": split,
+            "shards": {s["name"]: s["sha256"] for s in listed}}
+
+
+# ------------------------------------------------------------------------ eval records
+
+@dataclass
+class EvalOptions:
+    split: str | None = None  # None: the run's data.eval_split
+    views: str = "both"  # "centre", "ten" or "both"
+    data: str | Path | None = None  # None: the run's own data (provenance.json)
+    batch_size: int | None = None  # None: the run's eval.batch_size
+    workers: int | None = None  # None: the run's data.workers
+    device: str = "auto"
+    reuse: bool = True  # reuse results of the same checkpoint on the same shards
+    quiet: bool = False
+
+
+def record_path(run_dir: Path, split: str, views: str, tag: str = "") -> Path:
+    return Path(run_dir) / "eval" / f"{split}-{views}{tag}.json"
+
+
+def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> dict[str, dict]:
+    """Evaluate a run's latest checkpoint: {views: record}, one record per view kind asked for.
+
+    Each record is written to RUN_DIR/eval/<split>-<views>.json, its softmax outputs beside it
+    (.probs.npy, float32 [N, C], for ensembles and figures). A record of the same checkpoint
+    files on the same shards is reused instead of evaluated again (unless opts.reuse is False).
+    """
+    run_dir = Path(run_dir)
+    ckpt, cfg, split, root = check_run(run_dir, opts)
+    ckpt_rec, data_rec = checkpoint_record(ckpt), data_record(root, split)
+    kinds = ["centre", "ten"] if opts.views == "both" else [opts.views]
+    found = {k: _cached(run_dir, split, k, ckpt_rec, data_rec) for k in kinds} if opts.reuse else {}
+    todo = [k for k in kinds if found.get(k) is None]
+    if todo:
+        model, cfg = load_run(run_dir, opts.device, ckpt)
+        normalizer = data.make_normalizer(root, cfg, model.placement.output_device)
+        n = len(data.open_split(root, split))
+        with Progress(n, f"eval {run_dir.name} {split} ({'+'.join(todo)})",
+                      stream=open(os.devnull, "w") if opts.quiet else None) as bar:
+            probs, labels = predict_views(model, root, split, "both" if len(todo) == 2 else todo[0],
+                                          opts.batch_size or cfg.eval.batch_size,
+                                          cfg.data.workers if opts.workers is None else opts.workers,
+                                          normalizer, bar)
+        for k in todo:
+            found[k] = write_record(run_dir, split, k, probs[k], labels, root,
+                                    {"run": run_dir.name, "checkpoint": ckpt_rec, "data": data_rec})
+    return {k: found[k] for k in kinds}
+
+
+def check_run(run_dir: Path, opts: EvalOptions):
+    """(latest checkpoint, config, split, data root) of a run; one UserError line if any is missing."""
+    if not (Path(run_dir) / rundir.CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a run directory ({rundir.CONFIG} missing)")
+    ckpt = latest_checkpoint(run_dir)
+    cfg = rundir.read_config(run_dir)
+    split = opts.split or cfg.data.eval_split
+    root = data_root(run_dir, opts.data)
+    data.open_split(root, split)
+    return ckpt, cfg, split, root
+
+
+def _cached(run_dir: Path, split: str, views: str, ckpt_rec: dict, data_rec: dict) -> dict | None:
+    path = record_path(run_dir, split, views)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = (rec.get("checkpoint", {}).get("sha256") == ckpt_rec["sha256"]
+            and rec.get("data", {}).get("shards") == data_rec["shards"])
+    return rec if same and (path.parent / rec.get("probs_file", "")).is_file() else None
+
+
+def write_record(run_dir: Path, split: str, views: str, probs: torch.Tensor, labels: torch.Tensor,
+                 root: Path, about: dict, tag: str = "") -> dict:
+    """Errors, per-class errors and provenance of one evaluation -> eval/<split>-<views><tag>.json."""
+    path = record_path(run_dir, split, views, tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probs_file = path.name.removesuffix(".json") + ".probs.npy"
+    _atomic(path.parent / probs_file, lambda f: np.save(f, probs.numpy().astype(np.float32)))
+    names = data.class_names(root)
+    per_class = per_class_errors(probs, labels, probs.shape[1])
+    counts = np.bincount(labels.numpy(), minlength=probs.shape[1])
+    rec = {"split": split, "views": views, **errors(probs, labels).as_dict(), **about,
+           "probs_file": probs_file, "evaluated": rundir.now(), "git": rundir.git_commit(),
+           "hardware": rundir.hardware(), "versions": rundir.versions(),
+           "per_class": [{"index": c, "wnid": names[c][0] if c < len(names) else "",
+                          "words": names[c][1] if c < len(names) else "", "images": int(counts[c]),
+                          "top1_error": _num(per_class[c, 0]), "top5_error": _num(per_class[c, 1])}
+                         for c in range(probs.shape[1])]}
+    _atomic(path, lambda f: f.write((json.dumps(rec, indent=1) + "\n").encode()))
+    return rec
+
+
+def _num(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def load_probs(run_dir: Path, rec: dict) -> torch.Tensor:
+    return torch.from_numpy(np.load(Path(run_dir) / "eval" / rec["probs_file"]))
+
+
+def evaluate_ensemble(run_dirs: list, opts: EvalOptions) -> dict[str, dict]:
+    """Average the softmax outputs of several runs on the first run's data; the records go to
+    the first run's eval/<split>-<views>-ensemble.json with every member's checkpoint."""
+    first = Path(run_dirs[0])
+    split = opts.split or rundir.read_config(first).data.eval_split
+    root = data_root(first, opts.data)
+    member_opts = dataclasses.replace(opts, split=split, data=root)
+    members = [(Path(r), evaluate_run(r, member_opts)) for r in run_dirs]
+    labels = torch.from_numpy(np.concatenate(data.open_split(root, split).labels))
+    out = {}
+    for views in members[0][1]:
+        probs = [load_probs(r, recs[views]) for r, recs in members]
+        if len({p.shape for p in probs}) != 1:
+            raise UserError("the runs of an ensemble must predict the same classes "
+                            f"(shapes {sorted({tuple(p.shape) for p in probs})})")
+        about = {"run": first.name, "ensemble": [
+            {"run": r.name, "run_dir": str(r), "checkpoint": recs[views]["checkpoint"],
+             "top1_error": recs[views]["top1_error"], "top5_error": recs[views]["top5_error"]}
+            for r, recs in members], "data": data_record(root, split)}
+        out[views] = write_record(first, split, views, ensemble(probs), labels, root, about, "-ensemble")
+    return out
+
+
+# ------------------------------------------------------------------------ the command
+
+def parse_args(argv):
+    p = ArgumentParser(
+        prog="./run.sh eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Top-1 / top-5 error of a run's latest checkpoint with the centre crop and with "
+                    "10 views (the softmax outputs of the four corner and centre patches and their "
+                    "mirrors, averaged; section 6), per-class errors, and ensembles (softmax outputs "
+                    "of several runs averaged, the paper's \"5 CNNs\").",
+        epilog="Writes RUN_DIR/eval/<split>-<views>.json (errors, per-class errors, the checkpoint's "
+               "and the shards' sha256) and <split>-<views>.probs.npy (softmax outputs); with "
+               "--ensemble, <split>-<views>-ensemble.json in the first run.\n\nExamples:\n"
+               "  ./run.sh eval runs/alexnet_2gpu                    # centre crop and 10 views\n"
+               "  ./run.sh eval runs/a --ensemble runs/b runs/c      # 3 CNNs averaged")
+    p.add_argument("run_dir", help="a run directory (runs/<name>)")
+    p.add_argument("--views", choices=VIEW_CHOICES, default="both",
+                   help="centre crop, 10 views, or both from one pass over the ten (default both)")
+    p.add_argument("--split", choices=shards.SPLITS, default=None,
+                   help="split to evaluate (default the run's data.eval_split: val for ILSVRC-2012, "
+                        "test for ILSVRC-2010)")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="RUN_DIR",
+                   help="more runs whose softmax outputs are averaged with this one's")
+    p.add_argument("--data", help="prepared shards (default: the run's own, from provenance.json)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (x10 inputs for 10 views)")
+    p.add_argument("--workers", type=int, help="loader processes (default the run's data.workers)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: a GPU if any)")
+    p.add_argument("--again", action="store_true",
+                   help="evaluate even if results of the same checkpoint on the same shards exist")
+    return p.parse_args(argv)
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    opts = EvalOptions(args.split, args.views, args.data, args.batch_size, args.workers,
+                       args.device, reuse=not args.again)
+    runs = [args.run_dir, *args.ensemble]
+    recs = evaluate_ensemble(runs, opts) if args.ensemble else evaluate_run(args.run_dir, opts)
+    first = next(iter(recs.values()))
+    what = f"ensemble of {len(runs)} runs" if args.ensemble else first["checkpoint"]["path"]
+    print(f"{args.run_dir}: {first['split']}, {first['images']:,} images, {what}")
+    for views, rec in recs.items():
+        label = "10 views" if views == "ten" else "centre crop"
+        print(f"  {label:<12} top-1 {rec['top1_error']:.2%}  top-5 {rec['top5_error']:.2%}")
+    tag = "-ensemble" if args.ensemble else ""
+    print("written " + ", ".join(str(record_path(Path(args.run_dir), first["split"], v, tag)) for v in recs))
+    return 0

@@ -43,8 +43,13 @@ class Progress:
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the error message follows: no summary line, but end a half-drawn terminal line
+            if self.tty and self._width:
+                self.stream.write("\n")
+            self.closed = True
 
     def update(self, n: int = 1) -> None:
         self.count += n

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from repro import checkpoint, data, evaluate, rundir
 from repro.config import DEFAULT_CONFIG, Config, load_config
-from repro.errors import UserError
+from repro.errors import ArgumentParser, UserError
 from repro.model import AlexNet, _mix
 from repro.optim import PaperSGD, Schedule
 from repro.cpu_memory import keep_freed_memory
@@ -33,7 +33,7 @@ from repro.progress import Progress
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="./run.sh train", description=__doc__.split("\n\n")[0],
         epilog="Examples:\n"
                "  ./run.sh train                                   # the paper's text, default data\n"
@@ -152,6 +152,10 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                         f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
                         f"to try everything on generated data")
 
+    classes = len(data.class_names(data_root))
+    if classes != cfg.model.num_classes:
+        raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
+                        f"{cfg.model.num_classes}: set model.num_classes = {classes}")
     model = build_model(cfg, placement)
     if cfg.speed.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
@@ -184,12 +188,13 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                  "schedule": schedule.state_dict(), "config": cfg.name}
         if not distributed:
             return checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints)
-        barrier = lambda: dist.barrier()  # noqa: E731
         # Pair 0 writes (the other pairs hold the same weights); rank 0 writes state.pt last.
+        path = None
         if placement.pair == 0:
-            checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints,
-                            write_state=main_process, barrier=lambda: dist.barrier(placement.pair_group))
-        barrier()
+            path = checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints,
+                                   write_state=main_process, barrier=lambda: dist.barrier(placement.pair_group))
+        dist.barrier()
+        return path
 
     stop = StopRequest()
     autocast = torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and device.type == "cuda" else _null()

@@ -1,9 +1,10 @@
-"""Shared fixtures: a tiny prepared dataset written once per test session (tests/tiny_data.py)."""
+"""Shared fixtures: a tiny prepared dataset written once per test session (tests/tiny_data.py),
+and a tiny run trained on it."""
 from __future__ import annotations
 
 import pytest
 
-from tests.tiny_data import make_tiny_shards
+from tests.tiny_data import SIGNAL, make_tiny_shards, small_config
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +14,15 @@ def tiny_shards(tmp_path_factory):
     Tests must not modify it; a test that needs to damage data makes its own copy.
     """
     return make_tiny_shards(tmp_path_factory.mktemp("tiny_shards"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shards, tmp_path_factory):
+    """A run of the small config (with SIGNAL's init) trained for 6 steps (one epoch of 5 steps, its validation, one
+    more step): config, provenance, metrics and checkpoints as a real run leaves them.
+
+    Evaluation may add records to its eval/ directory; anything else that changes it copies it.
+    """
+    from repro.train import train
+
+    return train(small_config(*SIGNAL, "train.max_steps=6"), tiny_shards, tmp_path_factory.mktemp("runs") / "tiny")

@@ -12,21 +12,14 @@ import torch.nn.functional as F
 
 from dist_util import run_gloo
 from repro import checkpoint, rundir
-from repro.config import Config, Widths, load_config
+from repro.config import Widths
 from repro.errors import UserError
 from repro.model import AlexNet
 from repro.optim import PaperSGD
 from repro.train import train
+from tests.tiny_data import SMALL, small_config
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["model.num_classes=4", "data.batch_size=8", "data.workers=0", "eval.batch_size=16",
-         "train.log_every=1", "train.placement=single", "train.device=cpu",
-         "model.widths.conv1=16", "model.widths.conv2=32", "model.widths.conv3=48",
-         "model.widths.conv4=48", "model.widths.conv5=32", "model.widths.fc6=64", "model.widths.fc7=64"]
-
-
-def small_config(*extra) -> Config:
-    return load_config(REPO / "paper_configs/alexnet_2gpu.toml", SMALL + list(extra))
 
 
 def weights(run_dir) -> dict:
@@ -135,6 +128,20 @@ def test_two_gloo_processes_train_like_one_device(tiny_shards, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path):
+    """./run.sh train --nproc 2: torchrun starts two gloo processes, one tower each."""
+    run = tmp_path / "np2"
+    args = [sys.executable, "-m", "repro", "train", "--nproc", "2", "--data", str(tiny_shards),
+            "--run-dir", str(run), *sum((["--set", s] for s in SMALL + ["train.max_steps=2",
+                                                                        "train.placement=distributed"]), [])]
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = checkpoint.latest(run)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.pt", "tower0.pt", "tower1.pt"]
+    assert checkpoint.read_state(ckpt)["step"] == 2 and str(ckpt) in r.stdout
+    assert json.loads((run / rundir.PROVENANCE).read_text())["world_size"] == 2
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -13,6 +13,26 @@ import numpy as np
 from data_prep import shards
 
 SIZE = shards.IMAGE_SIZE
+REPO = Path(__file__).resolve().parent.parent
+
+# The paper's config shrunk to train in seconds on a CPU on make_tiny_shards' data (4 classes).
+SMALL = ["model.num_classes=4", "data.batch_size=8", "data.workers=0", "eval.batch_size=16",
+         "train.log_every=1", "train.placement=single", "train.device=cpu",
+         "model.widths.conv1=16", "model.widths.conv2=32", "model.widths.conv3=48",
+         "model.widths.conv4=48", "model.widths.conv5=32", "model.widths.fc6=64", "model.widths.fc7=64"]
+
+# At the SMALL widths N(0, 0.01) and biases of 1 leave the output almost constant whatever the
+# image; these make a few steps of training (and tests of views and neighbours) meaningful.
+SIGNAL = [f"init.weight_std.{layer}=0.05" for layer in
+          ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")] + \
+         [f"init.bias.{layer}=0.1" for layer in ("conv2", "conv4", "conv5", "fc6", "fc7")] + ["optim.lr=0.02"]
+
+
+def small_config(*extra, config: str = "alexnet_2gpu.toml"):
+    """A paper config (paper_configs/<config>) with the SMALL overrides and any `extra` ones."""
+    from repro.config import load_config
+
+    return load_config(REPO / "paper_configs" / config, SMALL + list(extra))
 
 
 def _images(rng: np.random.Generator, labels: np.ndarray, classes: int) -> np.ndarray:

@@ -1,0 +1,148 @@
+"""Benchmark: images/s of `./run.sh prepare` on all cores against a naive single-process PIL loop.
+
+    python benchmarks/bench_prepare.py [--quick] [--images N]
+
+Both read the same generated ImageNet-sized JPEGs (about 500x375, quality 90; 30% portrait):
+prepare from archives in the official ILSVRC-2012 layout, end to end (indexing, decoding,
+resizing, writing and hashing the shards, the mean/PCA sums, hashing the archives, the
+manifest); the baseline from the same files on disk with open, convert, resize, crop and
+nothing else. Prints both rates, the ratio, the CPU time per image of each (which bounds the
+ratio on idle cores: prepare also writes and hashes the shards and sums the statistics), and the
+time the full 1,281,167-image training set would take on this machine (from prepare's rate on
+these images; real ImageNet JPEGs average roughly 400x350 and about 110 KB).
+
+`run(quick)` returns the rows `./run.sh bench` tabulates.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from PIL import Image
+
+from data_prep import fake_ilsvrc as fake
+from data_prep import prepare
+
+FULL_TRAIN = 1_281_167
+
+
+def make_images(n: int, seed: int = 0) -> list[bytes]:
+    """n JPEGs of about 500x375 (some 375x500), quality 90: crops of a few textured pictures with a
+    colour cast each, so that every file differs (synthesising each from scratch is slow)."""
+    rng = np.random.default_rng(seed)
+    bases = [fake.synthetic_image(rng, 640, 480) for _ in range(6)]
+    out = []
+    for i in range(n):
+        base = bases[i % len(bases)]
+        y, x = rng.integers(0, 480 - 375 + 1), rng.integers(0, 640 - 500 + 1)
+        crop = base[y:y + 375, x:x + 500].astype(np.float32) * rng.uniform(0.8, 1.2, 3) + rng.uniform(-20, 20, 3)
+        crop = np.clip(crop, 0, 255).astype(np.uint8)
+        if rng.random() < 0.3:
+            crop = crop.transpose(1, 0, 2)
+        out.append(fake.encode(crop, quality=90))
+    return out
+
+
+def naive_loop(paths: list[Path]) -> None:
+    """What a first script would do: open, convert, resize (same filter), crop, to an array."""
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        w, h = im.size
+        s = 256 / min(w, h)
+        im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BICUBIC)
+        left, top = (im.width - 256) // 2, (im.height - 256) // 2
+        np.asarray(im.crop((left, top, left + 256, top + 256)))
+
+
+def _cpu() -> float:
+    """CPU seconds used so far by this process and its finished children (the pool's workers)."""
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _duration(seconds: float) -> str:
+    h, m = divmod(int(round(seconds / 60)), 60)
+    return f"{h} h {m:02d} min"
+
+
+def run(quick: bool = False, images: int | None = None, repeats: int | None = None) -> list[dict]:
+    n = images or (240 if quick else 2000)
+    repeats = repeats or (1 if quick else 3)
+    workers = os.cpu_count() or 1
+    n_classes = 10
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    try:
+        jpegs = make_images(n)
+        n_val = max(n_classes, n // 50)
+        per_class = (n - n_val) // n_classes
+        wnids = fake.random_classes(n_classes)
+        k = iter(jpegs)
+        train = {w: [(f"{w}_{j + 1}.JPEG", next(k)) for j in range(per_class)] for w in wnids}
+        val = [(wnids[j % n_classes], b) for j, b in enumerate(k)]
+        fake.write_ilsvrc2012(tmp / "src", train, val)
+        files = []
+        for name, data in [x for v in train.values() for x in v] + [(f"val_{j}.JPEG", b) for j, (_, b) in enumerate(val)]:
+            (tmp / "files").mkdir(exist_ok=True)
+            files.append(tmp / "files" / name)
+            files[-1].write_bytes(data)
+        total = len(files)
+        shard_size = max(64, total // (8 * workers))  # several shards per worker, so they end together
+        project = baseline = 0.0
+        cpu_project = cpu_baseline = float("inf")
+        for r in range(repeats):
+            c, t = _cpu(), time.perf_counter()
+            naive_loop(files)
+            baseline = max(baseline, total / (time.perf_counter() - t))
+            cpu_baseline = min(cpu_baseline, (_cpu() - c) / total)
+            out = tmp / f"out{r}"
+            c, t = _cpu(), time.perf_counter()
+            summary = prepare.prepare(prepare.Options(tmp / "src", out, workers=workers, shard_size=shard_size,
+                                                      quiet=True))
+            project = max(project, total / (time.perf_counter() - t))
+            cpu_project = min(cpu_project, (_cpu() - c) / total)
+            assert summary.complete and sum(summary.counts.values()) == total
+            shutil.rmtree(out)
+        mean_kb = sum(len(b) for b in jpegs) / len(jpegs) / 1024
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = project / baseline
+    full = FULL_TRAIN / project
+    print(f"bench_prepare: {total} JPEGs (~500x375, q90, {mean_kb:.0f} KB on average), best of {repeats}; "
+          f"load average before: {load:.2f} on {workers} cores (other processes slow both sides)")
+    print(f"  prepare, {workers} workers (end to end): {project:8.1f} img/s")
+    print(f"  naive PIL loop, 1 process:             {baseline:8.1f} img/s")
+    print(f"  ratio: {ratio:.2f}x (target: >= 1.8x on two cores)")
+    print(f"  CPU time per image: prepare {cpu_project * 1e3:.2f} ms (all processes), naive loop "
+          f"{cpu_baseline * 1e3:.2f} ms; so on {workers} otherwise idle cores the ratio is at most "
+          f"{workers * cpu_baseline / cpu_project:.2f}x")
+    print(f"  full ILSVRC-2012 train set ({FULL_TRAIN:,} images) at this rate: {_duration(full)} on this "
+          f"machine ({workers} cores); {_duration(full * workers)} per core, i.e. one core alone "
+          f"({project / workers:.1f} img/s per core)")
+    what = f"prepare on {workers} cores vs a naive 1-process PIL loop, {total} 500x375 JPEGs"
+    return [{"name": "prepare", "what": what, "unit": "img/s", "project": project, "baseline": baseline,
+             "ratio": ratio}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="240 images, one repeat")
+    p.add_argument("--images", type=int, help="number of JPEGs (default 2000; 240 with --quick)")
+    p.add_argument("--repeats", type=int, help="best of this many runs of each (default 3; 1 with --quick)")
+    args = p.parse_args(argv)
+    run(args.quick, args.images, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""`./run.sh prepare`: official ILSVRC archives (or an extracted tree) -> HDF5 shards + stats.
+
+    ./run.sh prepare --source DIR --out DIR [--year 2012|2010] [--workers N] [--limit-per-class N]
+                     [--allow-rejects] [--seed N] [--shard-size N]
+    ./run.sh prepare --verify DIR
+
+What happens (PAPER.md "Data", DESIGN.md "Data"):
+1. Index: data_prep.sources reads the devkit and the tar headers (never extracting anything).
+2. Plan: training images in one order shuffled by the seed (sorted by a keyed hash of their
+   names, so the order is a pure function of the seed and the file list), validation and test in
+   file order; each split cut into shards of --shard-size images. Each shard has a digest of
+   what it must hold.
+3. Build: one task per shard on a pool of --workers processes (data_prep.workers). A shard is
+   written under a temporary name and renamed when complete. After each shard the journal
+   (.prepare-journal.jsonl) records its digest and hash.
+4. Finish: rejects.tsv, stats.h5 (mean image and RGB covariance over the training shards) and
+   manifest.json, written last as the "done" mark.
+
+Run again after an interruption, it continues: a shard whose journal entry has the same digest
+and whose file has the recorded hash is kept; anything else is rewritten. The result is
+byte-for-byte that of an uninterrupted run. Images that cannot be decoded are listed with the
+reason in rejects.tsv; unless --allow-rejects is given, the run then stops before stats.h5 and
+manifest.json and exits with status 1 (running again with --allow-rejects keeps every shard).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep import images, shards, sources
+from data_prep.sources import Catalog, Item
+from data_prep.stats import Moments
+from data_prep.workers import ShardResult, ShardTask, parallel_map, run_shard
+from repro.errors import ArgumentParser, UserError
+from repro.progress import Progress
+
+SHARD_SIZE = 1024  # images per shard: 1024 x 196,608 bytes = 201 MB
+BYTES_PER_IMAGE = shards.IMAGE_SIZE * shards.IMAGE_SIZE * 3
+REJECTS = "rejects.tsv"
+JOURNAL = ".prepare-journal.jsonl"
+LOCK = ".prepare.lock"
+SOURCE_CACHE = ".sources-cache.json"
+TRAIN_ORDER = "training images sorted by BLAKE2b-64 of '<seed>\\0<wnid>\\0<file name>'"
+DOWNLOAD = {
+    2012: "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz",
+    2010: "ILSVRC2010_images_train.tar, ILSVRC2010_images_val.tar, ILSVRC2010_images_test.tar, "
+          "ILSVRC2010_devkit-1.0.tar.gz and ILSVRC2010_test_ground_truth.txt",
+}
+
+
+@dataclass
+class Options:
+    source: Path
+    out: Path
+    year: int = 2012
+    workers: int = field(default_factory=lambda: default_workers())
+    limit_per_class: int = 0  # 0: every image
+    allow_rejects: bool = False
+    seed: int = 0
+    shard_size: int = SHARD_SIZE
+    quiet: bool = False  # no progress or summary lines (tests, the demo)
+
+
+@dataclass
+class Summary:
+    complete: bool  # stats.h5 and manifest.json written
+    counts: dict[str, int]  # images per split, in the shards
+    shards: dict[str, int]  # shards per split
+    rejects: int
+    built: int  # images decoded in this run (kept shards not counted)
+    seconds: float
+    out: Path
+
+    @property
+    def images_per_second(self) -> float:
+        return self.built / self.seconds if self.seconds > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------- plan
+
+def default_workers() -> int:
+    """The cores this process may use (respects CPU affinity, e.g. under taskset or a scheduler)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover  (not on Linux)
+        return os.cpu_count() or 1
+
+
+def train_order_key(seed: int, wnid: str, name: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\0{wnid}\0{name}".encode(), digest_size=8).digest()
+
+
+def plan_shards(cat: Catalog, out: Path, seed: int, shard_size: int) -> list[ShardTask]:
+    wnids = [c.wnid for c in cat.classes]
+    words = [c.words for c in cat.classes]
+    classes_json = [(c.wnid, c.words, c.ilsvrc_id) for c in cat.classes]
+    tasks = []
+    for split in shards.SPLITS:
+        items = cat.splits.get(split)
+        if not items:
+            continue
+        if split == "train":
+            items = sorted(items, key=lambda it: (train_order_key(seed, wnids[it.label], it.name), it.label, it.name))
+        for index, start in enumerate(range(0, len(items), shard_size)):
+            chunk = items[start:start + shard_size]
+            tasks.append(ShardTask(split, index, str(out), chunk, wnids, words,
+                                   _digest(split, index, cat.year, classes_json, chunk)))
+    return tasks
+
+
+def _digest(split: str, index: int, year: int, classes, items: list[Item]) -> str:
+    """What a shard must hold: the schema, the resize, its classes and its images and their bytes."""
+    what = [shards.SCHEMA_VERSION, images.DESCRIPTION, year, split, index, classes,
+            [(it.name, it.label, it.ilsvrc_id, os.path.basename(it.path), it.offset, it.size) for it in items]]
+    return hashlib.sha256(json.dumps(what, separators=(",", ":")).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ run
+
+def prepare(opts: Options, stream=None) -> Summary:
+    """Everything `./run.sh prepare` does; raises UserError for bad input."""
+    t0 = time.monotonic()
+    say = (lambda text: None) if opts.quiet else (lambda text: print(f"prepare: {text}", file=stream, flush=True))
+    if opts.shard_size < 1:
+        raise UserError("--shard-size must be at least 1")
+    say(f"indexing {opts.source} (ILSVRC-{opts.year}): reading the devkit and the archives' headers")
+    with _progress(None, opts, stream, desc="index", unit="classes") as bar:
+        cat = sources.catalog(opts.source, opts.year, opts.limit_per_class, bar)
+    if not cat.splits.get("train"):
+        raise UserError(f"{opts.source}: no training images found")
+    out = Path(opts.out)
+    if cat.layout == "tree" and any(_inside(out, Path(opts.source) / s) for s in cat.splits):
+        raise UserError(f"--out {out} lies inside a split folder of the source {opts.source}")
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = plan_shards(cat, out, opts.seed, opts.shard_size)
+    counts = {s: len(v) for s, v in cat.splits.items()}
+    say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes: "
+        f"{len(tasks)} shards of up to {opts.shard_size} images"
+        + (f"; {len(cat.rejects)} archive members unusable (see {REJECTS})" if cat.rejects else ""))
+    with _lock(out):
+        _check_space(out, tasks)
+        journal = _read_journal(out)
+        _clear(out, tasks)
+        for t in tasks:
+            entry = journal.get(t.name)
+            t.expect = entry if entry and entry.get("digest") == t.digest else None
+        todo = sum(len(t.items) for t in tasks)  # finished shards count as they are checked
+        hasher = _SourceHasher(out, cat.sources)
+        results, moments = _build(tasks, opts, out, hasher, todo, stream)
+        _write_journal(out, results)
+        rejects = [(r.split, r.name, r.reason) for r in cat.rejects]
+        rejects += [(res.split, name, reason) for res in results for name, reason in res.rejects]
+        _write_rejects(out, rejects)
+        source_info = hasher.result()
+        summary = Summary(False, _split_counts(results), _split_shards(results), len(rejects),
+                          sum(r.count + len(r.rejects) for r in results if not r.kept), 0.0, out)
+        if rejects and not opts.allow_rejects:
+            summary.seconds = time.monotonic() - t0
+            say(f"{len(rejects)} image(s) rejected, listed with the reason in {out / REJECTS}; "
+                f"stats.h5 and manifest.json not written. Run again with --allow-rejects to accept "
+                f"(finished shards are kept)")
+            return summary
+        # The "done" marks, last: the statistics of what the shards hold, then the manifest.
+        if moments.images == 0:
+            raise UserError("every training image was rejected: no mean image or covariance to compute")
+        stats = moments.to_stats(_per_class(results, len(cat.classes)))
+        shards.write_stats(out, stats)
+        shards.write_manifest(out, _manifest(cat, opts, results, source_info, rejects))
+    summary.complete = True
+    summary.seconds = time.monotonic() - t0
+    size = sum(r.bytes for r in results)
+    say(", ".join(f"{s} {n:,} images in {summary.shards[s]} shards" for s, n in summary.counts.items())
+        + f"; {len(rejects)} rejected; {_gb(size)} in {out}")
+    say(f"{summary.built:,} images decoded in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s, "
+        f"{opts.workers} workers)")
+    return summary
+
+
+def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, stream):
+    """Every shard built or checked, on the pool; each finished shard recorded in the journal.
+    Returns the results and the training moments, summed as results arrive (1.5 MB a shard:
+    holding them all for ImageNet would take 2 GB)."""
+    moments = Moments()
+    with open(out / JOURNAL, "a") as journal, _progress(todo, opts, stream) as bar:
+        def record(r: ShardResult) -> None:
+            journal.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+            if r.moments is not None:
+                moments.merge(r.moments)  # exact integer sums: the order of arrival does not matter
+                r.moments = None
+        try:
+            return parallel_map(run_shard, tasks, opts.workers, bar, record, hasher.start), moments
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise UserError(f"the disk holding {out} is full: {e}") from None
+            raise
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _progress(total: int | None, opts: Options, stream, desc: str = "prepare", unit: str = "img"):
+    if opts.quiet:
+        return contextlib.nullcontext(None)
+    return Progress(total, desc, unit=unit, stream=stream)
+
+
+@contextlib.contextmanager
+def _lock(out: Path):
+    """One prepare at a time per output directory."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover  (Windows: no lock)
+        yield
+        return
+    with open(out / LOCK, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another prepare is writing to {out}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _check_space(out: Path, tasks: list[ShardTask]) -> None:
+    """Before starting: room for every shard not yet on disk (estimate: 196,608 bytes per image
+    plus 64 KB and 200 bytes per image of metadata per shard), and 4 MB for stats and lists."""
+    need = sum(len(t.items) * (BYTES_PER_IMAGE + 200) + (64 << 10) for t in tasks if not t.path.is_file())
+    need += 4 << 20
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise UserError(f"not enough disk space in {out}: the shards need about {_gb(need)}, "
+                        f"{_gb(free)} free")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _clear(out: Path, tasks: list[ShardTask]) -> None:
+    """Take away the "done" marks, leftovers of interrupted runs, and shards beyond the plan."""
+    for name in (shards.MANIFEST, shards.STATS):
+        (out / name).unlink(missing_ok=True)
+    planned = {t.name for t in tasks}
+    for split in shards.SPLITS:
+        for p in shards.list_shards(out, split):
+            if p.name not in planned:
+                p.unlink()
+    ours = {shards.MANIFEST, shards.STATS, REJECTS, JOURNAL, SOURCE_CACHE}
+    for p in out.glob(".*.partial"):
+        inner = p.name[1:-len(".partial")].removesuffix(".exact")
+        if inner in ours or shards._SHARD_RE.match(inner):
+            p.unlink()
+
+
+def _read_journal(out: Path) -> dict[str, dict]:
+    entries = {}
+    path = out / JOURNAL
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+                entries[e["name"]] = e
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
+    return entries
+
+
+def _write_journal(out: Path, results: list[ShardResult]) -> None:
+    text = "".join(json.dumps(r.journal_entry(), sort_keys=True) + "\n" for r in results)
+    tmp = shards.tmp_name(out / JOURNAL)
+    tmp.write_text(text)
+    os.replace(tmp, out / JOURNAL)
+
+
+def _tsv(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _write_rejects(out: Path, rejects: list[tuple[str, str, str]]) -> None:
+    lines = ["split\tname\treason\n"] + [f"{_tsv(s)}\t{_tsv(n)}\t{_tsv(r)}\n" for s, n, r in rejects]
+    tmp = shards.tmp_name(out / REJECTS)
+    tmp.write_text("".join(lines))
+    os.replace(tmp, out / REJECTS)
+
+
+def _split_counts(results: list[ShardResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.split] = counts.get(r.split, 0) + r.count
+    return counts
+
+
+def _split_shards(results: list[ShardResult]) -> dict[str, int]:
+    n: dict[str, int] = {}
+    for r in results:
+        n[r.split] = n.get(r.split, 0) + 1
+    return n
+
+
+def _per_class(results: list[ShardResult], n_classes: int) -> dict:
+    import numpy as np
+    out = {}
+    for r in results:
+        out.setdefault(r.split, np.zeros(n_classes, np.int64))
+        out[r.split] += np.asarray(r.per_class, np.int64)
+    return out
+
+
+def _manifest(cat: Catalog, opts: Options, results: list[ShardResult], source_info: list[dict],
+              rejects: list) -> dict:
+    per_class = _per_class(results, len(cat.classes))
+    splits = {}
+    for r in results:
+        s = splits.setdefault(r.split, {"count": 0, "per_class": per_class[r.split].tolist(), "shards": []})
+        s["count"] += r.count
+        s["shards"].append({"name": r.name, "count": r.count, "bytes": r.bytes, "sha256": r.sha256})
+    per_split: dict[str, int] = {}
+    for split, _, _ in rejects:
+        per_split[split] = per_split.get(split, 0) + 1
+    return {
+        "schema_version": shards.SCHEMA_VERSION,
+        "year": cat.year,
+        "layout": cat.layout,
+        "seed": opts.seed,
+        "train_order": TRAIN_ORDER,
+        "shard_size": opts.shard_size,
+        "limit_per_class": opts.limit_per_class,
+        "resize": images.DESCRIPTION,
+        "classes": [{"index": i, "wnid": c.wnid, "words": c.words, "ilsvrc_id": c.ilsvrc_id}
+                    for i, c in enumerate(cat.classes)],
+        "splits": splits,
+        "sources": source_info,
+        "rejects": {"count": len(rejects), "file": REJECTS, "per_split": per_split},
+    }
+
+
+class _SourceHasher:
+    """SHA-256 of each source archive, in a thread while the workers decode (an archive's hash is
+    remembered in .sources-cache.json by size and modification time, so a resumed run does not
+    read 150 GB again). A folder's hash is of its listing (sorted "path<TAB>size" lines)."""
+
+    def __init__(self, out: Path, paths: list[Path]):
+        self.out, self.paths = out, paths
+        self._thread = None
+        self._result: list[dict] | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hash-sources", daemon=True)
+        self._thread.start()
+
+    def result(self) -> list[dict]:
+        if self._thread is None:
+            self._run()
+        else:
+            self._thread.join()
+        if self._error:
+            raise self._error
+        return self._result
+
+    def _run(self) -> None:
+        try:
+            cache_path = self.out / SOURCE_CACHE
+            try:
+                cache = json.loads(cache_path.read_text())
+            except (OSError, ValueError):
+                cache = {}
+            out = []
+            for p in self.paths:
+                if p.is_dir():
+                    lines = sources.listing_lines(p)
+                    size = sum(int(line.rsplit("\t", 1)[1]) for line in lines)
+                    digest = hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
+                    out.append({"name": p.name, "bytes": size, "sha256": digest, "hash_of": "listing"})
+                    continue
+                st = p.stat()
+                key = f"{p.resolve()}"
+                hit = cache.get(key)
+                if not (hit and hit["bytes"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns):
+                    hit = cache[key] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                        "sha256": shards.file_sha256(p)}
+                out.append({"name": p.name, "bytes": st.st_size, "sha256": hit["sha256"], "hash_of": "content"})
+            tmp = shards.tmp_name(cache_path)
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            os.replace(tmp, cache_path)
+            self._result = out
+        except BaseException as e:  # re-raised in the main thread by result()
+            self._error = e
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog="./run.sh prepare",
+        description="Turn ImageNet as image-net.org serves it (or an extracted tree) into the HDF5 shards "
+                    "and mean/PCA statistics the trainer reads. Safe to interrupt: run it again and it "
+                    "continues where it stopped.",
+        epilog="Sources: the official ILSVRC-2012 files in one directory (ILSVRC2012_img_train.tar, "
+               "ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz), the ILSVRC-2010 files (--year 2010: "
+               "the train/val/test image archives, the devkit and ILSVRC2010_test_ground_truth.txt), or an "
+               "extracted tree: train/<wnid>/*.JPEG and val/ as <wnid>/ folders, or flat with the devkit "
+               "beside it. Exit status: 0 done; 1 images rejected (see rejects.tsv; --allow-rejects accepts "
+               "them) or --verify found mismatches; 2 bad input.")
+    p.add_argument("--source", metavar="DIR",
+                   help="the directory holding the archives or the tree (default: data.source in the config, "
+                        "else $ILSVRC_ROOT)")
+    p.add_argument("--out", metavar="DIR", help="where the shards go (default: data.shards in the config, data/shards)")
+    p.add_argument("--year", type=int, choices=(2012, 2010), help="ILSVRC year (default: data.year in the config, 2012)")
+    p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                   help="worker processes (default: all %(default)s cores; 1 runs in this process)")
+    p.add_argument("--limit-per-class", type=int, default=0, metavar="N",
+                   help="only the first N images of each class in each split (small trials)")
+    p.add_argument("--allow-rejects", action="store_true",
+                   help="finish (stats.h5, manifest.json) and exit 0 even if some images cannot be decoded")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training-set order (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, metavar="N",
+                   help="images per shard (default: %(default)s, about 201 MB)")
+    p.add_argument("--config", metavar="FILE", help="config whose [data] section gives the defaults "
+                   "(default: paper_configs/alexnet_2gpu.toml when present)")
+    p.add_argument("--verify", metavar="DIR", help="re-read the shards in DIR, compare them with manifest.json "
+                   "and stats.h5, and report every mismatch")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary lines")
+    return p
+
+
+def _config_data(path: str | None):
+    from repro.config import DEFAULT_CONFIG, DataConfig, load_config
+    if path:
+        return load_config(path).data
+    if DEFAULT_CONFIG.is_file():
+        return load_config(DEFAULT_CONFIG).data
+    return DataConfig()
+
+
+def no_source_message(year: int) -> str:
+    return (f"no ImageNet given: download {DOWNLOAD[year]} from https://image-net.org/download-images "
+            f"(free account) into one directory, then pass --source DIR or set ILSVRC_ROOT=DIR; "
+            f"`./run.sh demo` runs the whole pipeline without them")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verify:
+        from data_prep.verify import verify_main
+        return verify_main(Path(args.verify), args.workers, quiet=args.quiet)
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if args.limit_per_class < 0:
+        raise UserError("--limit-per-class must be 0 (all) or more")
+    data = _config_data(args.config)
+    year = args.year or data.year
+    source = args.source or data.source or os.environ.get("ILSVRC_ROOT", "")
+    if not source:
+        raise UserError(no_source_message(year))
+    if not Path(source).is_dir():
+        raise UserError(f"source {source} is not a directory ({no_source_message(year)})")
+    opts = Options(Path(source), Path(args.out or data.shards), year, args.workers, args.limit_per_class,
+                   args.allow_rejects, args.seed, args.shard_size, args.quiet)
+    try:
+        summary = prepare(opts)
+    except KeyboardInterrupt:
+        print("prepare: interrupted; run the same command again to continue (finished shards are kept)",
+              file=sys.stderr)
+        raise
+    return 0 if summary.complete else 1

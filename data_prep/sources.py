@@ -1,0 +1,450 @@
+"""Where the images are: the official ILSVRC archives or an extracted tree -> a Catalog.
+
+A Catalog lists, for each split, every image as an Item: its name, its label, and where its bytes
+lie (a file and a byte range). Archives are only indexed here, never extracted: tar headers are
+read (tarfile skips over the image data), and the workers later read each image's bytes in place.
+Nothing is ever written under a name taken from an archive; members whose names are absolute or
+climb out with "..", links, devices and other non-regular files are listed as rejects and never
+read.
+
+Labels (PAPER.md "Data"): classes are the devkit's leaf synsets (num_children == 0), indexed by
+their position in the sorted list of WordNet ids. Validation (and ILSVRC-2010 test) labels come
+from the ground-truth files, one ILSVRC id per image in file-name order, mapped to WordNet ids
+through meta.mat; ILSVRC ids are not in sorted-WNID order.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from repro.errors import UserError
+
+ARCHIVES = {
+    2012: {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar",
+           "devkit": "ILSVRC2012_devkit_t12.tar.gz"},
+    # The 2010 names as public converters of the real files use them (see data_prep.fake_ilsvrc).
+    2010: {"train": "ILSVRC2010_images_train.tar", "val": "ILSVRC2010_images_val.tar",
+           "test": "ILSVRC2010_images_test.tar", "devkit": "ILSVRC2010_devkit-1.0.tar.gz",
+           "test_ground_truth": "ILSVRC2010_test_ground_truth.txt"},
+}
+DEVKIT_DIRS = {2012: "ILSVRC2012_devkit_t12", 2010: "devkit-1.0"}
+WORDS_FILES = ("synset_words.txt", "LOC_synset_mapping.txt")  # "n01440764 tench, Tinca tinca" per line
+WNID = re.compile(r"^n\d{8}$")
+
+
+@dataclass(frozen=True, slots=True)  # 1.28 million of them for ILSVRC-2012: keep them small
+class Item:
+    name: str  # file name kept in the shard: member name in its tar, or path below the class folder
+    label: int  # index in the sorted list of WordNet ids
+    ilsvrc_id: int  # the devkit's id of that class (-1 without a devkit)
+    path: str  # the file holding the bytes: an archive, or the image file itself
+    offset: int  # where the bytes start in `path`
+    size: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    split: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    wnid: str
+    words: str
+    ilsvrc_id: int
+
+
+@dataclass
+class Catalog:
+    year: int
+    layout: str  # "archives" or "tree"
+    root: Path
+    classes: list[ClassInfo]  # sorted by WordNet id
+    splits: dict[str, list[Item]]  # train by (class, name); val and test in file-name order
+    rejects: list[Reject] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)  # the archives, folders and files read
+
+
+@dataclass
+class Devkit:
+    synsets: list[tuple[int, str, str, int]]  # (ilsvrc_id, wnid, words, num_children), as in meta.mat
+    val_ground_truth: list[int]
+    test_ground_truth: list[int] | None = None
+
+    def classes(self) -> list[ClassInfo]:
+        leaves = sorted((wnid, words, i) for i, wnid, words, children in self.synsets if children == 0)
+        wnids = [w for w, _, _ in leaves]
+        if len(set(wnids)) != len(wnids):
+            raise UserError("the devkit's meta.mat lists a WordNet id twice")
+        return [ClassInfo(*leaf) for leaf in leaves]
+
+
+# ------------------------------------------------------------------------------- the catalog
+
+def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0, progress=None) -> Catalog:
+    """Index the images under `root` (archives or a tree); raises UserError with one line.
+    `progress.update(1)` is called per class archive or folder of the training set."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"source {root} is not a directory")
+    layout = find_layout(root, year)
+    tick = progress.update if progress is not None else (lambda n: None)
+    cat = _from_archives(root, year, tick) if layout == "archives" else _from_tree(root, year, tick)
+    if limit_per_class:
+        for split, items in cat.splits.items():
+            cat.splits[split] = _limit(items, limit_per_class)
+    return cat
+
+
+def find_layout(root: Path, year: int) -> str:
+    names = ARCHIVES[year]
+    present = [n for n in names.values() if (root / n).exists()]
+    if (root / "train").is_dir() and not (root / names["train"]).exists():
+        return "tree"  # possibly with the devkit archive beside it
+    if present:
+        missing = [n for n in names.values() if not (root / n).is_file()]
+        if missing:
+            raise UserError(f"missing archive {root / missing[0]}: ILSVRC-{year} needs "
+                            f"{', '.join(names.values())} in one directory")
+        return "archives"
+    other = 2010 if year == 2012 else 2012
+    if any((root / n).exists() for n in ARCHIVES[other].values()):
+        raise UserError(f"{root} holds ILSVRC-{other} archives; pass --year {other}")
+    raise UserError(f"{root} is in no known layout: expected the official archives "
+                    f"({', '.join(names.values())}) or an extracted tree (train/<wnid>/*.JPEG and val/)")
+
+
+def _limit(items: list[Item], n: int) -> list[Item]:
+    taken: dict[int, int] = {}
+    out = []
+    for it in items:
+        if taken.get(it.label, 0) < n:
+            taken[it.label] = taken.get(it.label, 0) + 1
+            out.append(it)
+    return out
+
+
+def _from_archives(root: Path, year: int, tick) -> Catalog:
+    names = ARCHIVES[year]
+    devkit = read_devkit(root / names["devkit"], year)
+    if year == 2010:
+        devkit.test_ground_truth = read_ground_truth((root / names["test_ground_truth"]).read_bytes(),
+                                                     names["test_ground_truth"])
+    classes = devkit.classes()
+    cat = Catalog(year, "archives", root, classes, {},
+                  sources=[root / n for n in names.values()])
+    cat.splits["train"] = index_train_archive(root / names["train"], classes, cat.rejects, tick)
+    cat.splits["val"] = index_eval_archive(root / names["val"], "val", year, devkit.val_ground_truth,
+                                           devkit, cat.rejects)
+    if year == 2010:
+        cat.splits["test"] = index_eval_archive(root / names["test"], "test", year,
+                                                devkit.test_ground_truth, devkit, cat.rejects)
+    return cat
+
+
+def _from_tree(root: Path, year: int, tick) -> Catalog:
+    devkit_path = _find_devkit(root, year)
+    devkit = read_devkit(devkit_path, year) if devkit_path else None
+    sources = [root / "train"]
+    if devkit:
+        classes = devkit.classes()
+        sources.append(devkit_path)
+    else:
+        wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+        words, words_file = _read_words(root)
+        if words_file:
+            sources.append(words_file)
+        classes = [ClassInfo(w, words.get(w, ""), -1) for w in wnids]
+    if not classes:
+        raise UserError(f"{root / 'train'} holds no class folders (train/<wnid>/*.JPEG)")
+    cat = Catalog(year, "tree", root, classes, {}, sources=sources)
+    by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
+    cat.splits["train"] = _index_class_folders(root / "train", "train", by_wnid, tick)
+    eval_splits = ("val", "test") if year == 2010 else ("val",)
+    for split in eval_splits:
+        folder = root / split
+        if not folder.is_dir():
+            raise UserError(f"{root} has train/ but no {split}/ folder")
+        cat.sources.append(folder)
+        if any(p.is_dir() for p in folder.iterdir()):
+            items = _index_class_folders(folder, split, by_wnid)
+            cat.splits[split] = sorted(items, key=lambda it: (it.name, it.label))  # file order
+            continue
+        truth = None
+        if devkit and split == "val":
+            truth = devkit.val_ground_truth
+        elif devkit and split == "test":
+            truth = devkit.test_ground_truth
+            gt_file = root / ARCHIVES[2010]["test_ground_truth"]
+            if truth is None and gt_file.is_file():
+                truth = read_ground_truth(gt_file.read_bytes(), gt_file.name)
+                cat.sources.append(gt_file)
+        if truth is None:
+            raise UserError(f"{folder} is flat (no class folders): its labels come from the devkit; put "
+                            f"{ARCHIVES[year]['devkit']} in {root}")
+        files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        entries = [(p.name, str(p), 0, p.stat().st_size) for p in files]
+        cat.splits[split] = _label_eval(entries, split, year, truth, devkit, str(folder), cat.rejects)
+    return cat
+
+
+def _find_devkit(root: Path, year: int) -> Path | None:
+    for p in (root / ARCHIVES[year]["devkit"], root / DEVKIT_DIRS[year]):
+        if p.exists():
+            return p
+    return None
+
+
+def _read_words(root: Path) -> tuple[dict[str, str], Path | None]:
+    for name in WORDS_FILES:
+        p = root / name
+        if p.is_file():
+            words = {}
+            for line in p.read_text(errors="replace").splitlines():
+                wnid, _, text = line.strip().partition(" ")
+                if WNID.match(wnid):
+                    words[wnid] = text.strip()
+            return words, p
+    return {}, None
+
+
+def _index_class_folders(folder: Path, split: str, by_wnid: dict, tick=lambda n: None) -> list[Item]:
+    items = []
+    for d in sorted(folder.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        tick(1)
+        if d.name not in by_wnid:
+            raise UserError(f"{d} is not a class: {d.name} is not among the {len(by_wnid)} classes")
+        label, cls = by_wnid[d.name]
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and not p.name.startswith("."):
+                items.append(Item(p.relative_to(d).as_posix(), label, cls.ilsvrc_id, str(p), 0, p.stat().st_size))
+    items.sort(key=lambda it: (it.label, it.name))
+    return items
+
+
+# ------------------------------------------------------------------------------ the archives
+
+def member_problem(m: tarfile.TarInfo) -> str | None:
+    """Why a tar member is not used as an image ('directory' for plain directories), or None."""
+    if m.isdir():
+        return "directory"
+    unsafe = unsafe_name(m.name)
+    if unsafe:
+        return f"unsafe member name ({unsafe}); never read"
+    if m.issym():
+        return f"not a regular file (symbolic link to {m.linkname!r}); never read"
+    if m.islnk():
+        return f"not a regular file (hard link to {m.linkname!r}); never read"
+    if m.issparse():
+        return "sparse member; not read"
+    if not m.isreg():
+        return "not a regular file (device, fifo or other); never read"
+    return None
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why `name` could point outside a directory it were extracted to, or None."""
+    if not name or "\x00" in name:
+        return "empty or NUL"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in re.split(r"[\\/]+", name):
+        return "'..' component"
+    return None
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, mode="r:")  # image archives are plain tars, read in place
+    except tarfile.ReadError as e:
+        raise UserError(f"{path} is not a readable (uncompressed) tar archive: {e}") from None
+
+
+def _members(tar: tarfile.TarFile, path: Path):
+    """The members of an archive read in place; a cut-short archive is a clear error."""
+    size, last = path.stat().st_size, None
+    while True:
+        try:
+            m = tar.next()
+        except tarfile.TarError as e:
+            raise UserError(f"{path} is unreadable after {last.name if last else 'its start'!r} ({e}): "
+                            f"an incomplete download? Download it again") from None
+        if m is None:
+            return
+        if m.offset_data + m.size > size:
+            raise UserError(f"{path} is cut short (it ends inside {m.name!r}): an incomplete download? "
+                            f"Download it again")
+        last = m
+        yield m
+
+
+def _usable(m: tarfile.TarInfo, split: str, rejects: list[Reject], where: str, end: int | None = None) -> bool:
+    problem = member_problem(m)
+    if problem == "directory":
+        return False
+    if problem is None and end is not None and m.offset_data + m.size > end:
+        problem = "cut short: its class archive ends inside it"
+    if problem:
+        rejects.append(Reject(split, f"{where}{m.name}", problem))
+        return False
+    return True
+
+
+def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject], tick=lambda n: None) -> list[Item]:
+    """ILSVRC*_img_train.tar: one <wnid>.tar per class, each holding that class's JPEGs."""
+    by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
+    items = []
+    spath = str(path)
+    with _open_tar(path) as outer:
+        for m in _members(outer, path):
+            if not _usable(m, "train", rejects, ""):
+                continue
+            base = m.name.rsplit("/", 1)[-1]
+            wnid = base[:-4] if base.endswith(".tar") else None
+            if wnid not in by_wnid:
+                raise UserError(f"{path.name} holds {m.name!r}, which is not <wnid>.tar for a class of the devkit")
+            label, cls = by_wnid[wnid]
+            tick(1)
+            n_rejects = len(rejects)
+            try:
+                with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
+                    for im in inner:
+                        if _usable(im, "train", rejects, f"{m.name}/", end=m.size):
+                            items.append(Item(im.name, label, cls.ilsvrc_id, spath,
+                                              m.offset_data + im.offset_data, im.size))
+            except tarfile.TarError as e:
+                cut = len(rejects) > n_rejects and rejects[-1].reason.startswith("cut short")
+                if not cut:  # (a cut member already says why nothing follows it)
+                    rejects.append(Reject("train", m.name, f"class archive unreadable from here on: {e}"))
+    items.sort(key=lambda it: (it.label, it.name))
+    return items
+
+
+def index_eval_archive(path: Path, split: str, year: int, truth: list[int], devkit: Devkit,
+                       rejects: list[Reject]) -> list[Item]:
+    """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder)."""
+    entries = []
+    spath = str(path)
+    with _open_tar(path) as tar:
+        for m in _members(tar, path):
+            if _usable(m, split, rejects, ""):
+                entries.append((m.name.rsplit("/", 1)[-1], spath, m.offset_data, m.size))
+    return _label_eval(entries, split, year, truth, devkit, path.name, rejects)
+
+
+def _label_eval(entries, split: str, year: int, truth: list[int], devkit: Devkit | None, where: str,
+                rejects: list[Reject]) -> list[Item]:
+    """Label flat validation/test files from the ground truth (line k <-> file number k)."""
+    pattern = re.compile(rf"^ILSVRC{year}_{split}_(\d{{8}})\.JPEG$")
+    classes = devkit.classes()
+    index = {c.ilsvrc_id: (i, c) for i, c in enumerate(classes)}
+    numbered = {}
+    for name, path, offset, size in entries:
+        m = pattern.match(name)
+        if not m:
+            rejects.append(Reject(split, name, f"not a {split} image name (ILSVRC{year}_{split}_NNNNNNNN.JPEG)"))
+            continue
+        number = int(m.group(1))
+        if number in numbered:
+            rejects.append(Reject(split, name, "a second file with this name"))
+            continue
+        numbered[number] = (name, path, offset, size)
+    if len(numbered) != len(truth):
+        raise UserError(f"the devkit's {split} ground truth lists {len(truth)} labels but {where} holds "
+                        f"{len(numbered)} {split} images")
+    items = []
+    for number in sorted(numbered):
+        name, path, offset, size = numbered[number]
+        if not 1 <= number <= len(truth):
+            raise UserError(f"{where}: {name} has no line in the {split} ground truth ({len(truth)} lines)")
+        ilsvrc_id = truth[number - 1]
+        if ilsvrc_id not in index:
+            raise UserError(f"{split} ground truth line {number}: ILSVRC id {ilsvrc_id} is not a class "
+                            f"(a leaf synset) of the devkit's meta.mat")
+        label, cls = index[ilsvrc_id]
+        items.append(Item(name, label, cls.ilsvrc_id, path, offset, size))
+    return items
+
+
+# ------------------------------------------------------------------------------- the devkit
+
+def read_devkit(path: Path, year: int) -> Devkit:
+    """meta.mat and the validation ground truth, from the devkit .tar.gz or its extracted folder."""
+    gt_name = f"ILSVRC{year}_validation_ground_truth.txt"
+    wanted = {"meta.mat": None, gt_name: None, f"ILSVRC{year}_test_ground_truth.txt": None}
+    if path.is_dir():
+        for name in wanted:
+            p = path / "data" / name
+            if p.is_file():
+                wanted[name] = p.read_bytes()
+    else:
+        try:
+            with tarfile.open(path, mode="r:*") as tar:
+                for m in tar:
+                    parts = m.name.split("/")
+                    if m.isreg() and len(parts) >= 2 and parts[-2] == "data" and parts[-1] in wanted:
+                        wanted[parts[-1]] = tar.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise UserError(f"{path} is not a readable devkit archive: {e}") from None
+    for name in ("meta.mat", gt_name):
+        if wanted[name] is None:
+            raise UserError(f"{path} has no data/{name}: is it the ILSVRC-{year} devkit?")
+    test = wanted[f"ILSVRC{year}_test_ground_truth.txt"]
+    return Devkit(read_meta(wanted["meta.mat"], path.name), read_ground_truth(wanted[gt_name], gt_name),
+                  read_ground_truth(test, "test ground truth") if test is not None else None)
+
+
+def read_meta(data: bytes, where: str = "meta.mat") -> list[tuple[int, str, str, int]]:
+    """(ilsvrc_id, wnid, words, num_children) of every synset in meta.mat."""
+    try:
+        synsets = scipy.io.loadmat(io.BytesIO(data))["synsets"].ravel()
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise UserError(f"{where}: meta.mat has no readable 'synsets' struct: {e}") from None
+    names = synsets.dtype.names or ()
+    id_field = next((n for n in names if re.fullmatch(r"ILSVRC\d{4}_ID", n)), None)
+    if id_field is None or not {"WNID", "words", "num_children"} <= set(names):
+        raise UserError(f"{where}: meta.mat 'synsets' lacks ILSVRC*_ID, WNID, words or num_children")
+    return [(int(_scalar(s[id_field])), str(_scalar(s["WNID"], "")), str(_scalar(s["words"], "")),
+             int(_scalar(s["num_children"]))) for s in synsets]
+
+
+def _scalar(value, empty=0):
+    a = np.asarray(value).ravel()
+    return a[0] if a.size else empty
+
+
+def read_ground_truth(data: bytes, where: str) -> list[int]:
+    try:
+        return [int(line) for line in data.decode("ascii").split()]
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{where}: expected one ILSVRC id (an integer) per line") from None
+
+
+def describe_sources(paths: list[Path]) -> list[dict]:
+    """Name and size of each source (a folder's size is the sum of its files)."""
+    out = []
+    for p in paths:
+        size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        out.append({"name": p.name, "bytes": size})
+    return out
+
+
+def listing_lines(folder: Path) -> list[str]:
+    """Sorted "relative/path<TAB>size" lines of a folder's files (what a folder's hash is of)."""
+    lines = []
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            p = Path(dirpath) / f
+            lines.append(f"{p.relative_to(folder).as_posix()}\t{p.stat().st_size}")
+    return sorted(lines)

@@ -1,0 +1,79 @@
+"""Training-set statistics: the mean image and the RGB covariance with its eigen-decomposition.
+
+PAPER.md, "Data" (mean subtraction) and "Augmentation" (PCA lighting), on the 0-255 scale.
+
+The sums are of integers (uint8 pixels and their products), so they are kept in int64, where
+they are exact and independent of the order of addition: shards can be summed in any order,
+by any number of workers, and a resumed run gives the very same bytes. The float64 mean,
+covariance and eigen-decomposition are computed from the exact sums at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_prep.shards import IMAGE_SIZE, Stats
+
+PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE
+_PAIRS = (np.array([0, 0, 0, 1, 1, 2]), np.array([0, 1, 2, 1, 2, 2]))  # the six (i, j), i <= j, of x x^T
+
+
+@dataclass
+class Moments:
+    """Sums over images: count, per-pixel sum (the mean image), sum of x x^T over RGB pixels."""
+    images: int = 0
+    pixel_sum: np.ndarray = field(default_factory=lambda: np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.int64))
+    outer: np.ndarray = field(default_factory=lambda: np.zeros((3, 3), np.int64))
+
+    def add(self, images: np.ndarray) -> None:
+        """Add uint8 images [k, 256, 256, 3]."""
+        if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"expected uint8 [k, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {images.dtype} {images.shape}")
+        for start in range(0, len(images), 1 << 16):  # keeps the uint32 sums below from overflowing
+            self._add(images[start:start + (1 << 16)])
+
+    def _add(self, images: np.ndarray) -> None:
+        # Small integer types where they are exact, for speed (this runs on every training image):
+        # a pixel's sum over <= 65,536 images fits in uint32; a product of two values <= 255 fits
+        # in uint16, and its sum over one image's 65,536 pixels in uint32. No float, no BLAS
+        # (whose threads spin between calls and take CPU from the other workers).
+        pixel_sum = np.zeros(self.pixel_sum.shape, np.uint32)
+        x = np.empty((3, PIXELS_PER_IMAGE), np.uint16)
+        products = np.empty((len(_PAIRS[0]), PIXELS_PER_IMAGE), np.uint16)
+        pairs = np.zeros(len(_PAIRS[0]), np.int64)
+        for im in images:
+            np.add(pixel_sum, im, out=pixel_sum, casting="unsafe")
+            np.copyto(x, im.reshape(-1, 3).T, casting="unsafe")
+            np.multiply(x[_PAIRS[0]], x[_PAIRS[1]], out=products)
+            pairs += products.sum(axis=1, dtype=np.uint32)
+        self.pixel_sum += pixel_sum
+        self.outer[_PAIRS] += pairs
+        self.outer[_PAIRS[1], _PAIRS[0]] += np.where(_PAIRS[0] != _PAIRS[1], pairs, 0)
+        self.images += len(images)
+
+    def merge(self, other: "Moments") -> None:
+        self.images += other.images
+        self.pixel_sum += other.pixel_sum
+        self.outer += other.outer
+
+    def to_stats(self, counts: dict | None = None) -> Stats:
+        if self.images == 0:
+            raise ValueError("no training images: the mean and covariance are undefined")
+        return compute_stats(self.pixel_sum, self.outer, self.images, counts)
+
+
+def compute_stats(pixel_sum: np.ndarray, outer: np.ndarray, images: int, counts: dict | None = None) -> Stats:
+    pixels = images * PIXELS_PER_IMAGE
+    mean = pixel_sum.astype(np.float64) / images
+    mu = pixel_sum.sum(axis=(0, 1), dtype=np.int64).astype(np.float64) / pixels
+    covariance = outer.astype(np.float64) / pixels - np.outer(mu, mu)  # population covariance
+    covariance = (covariance + covariance.T) / 2
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    # An eigenvector's sign is arbitrary; fix it so that its largest component is positive.
+    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(3)])
+    eigenvectors = eigenvectors * np.where(signs == 0, 1.0, signs)
+    return Stats(mean=mean, covariance=covariance, eigenvalues=eigenvalues, eigenvectors=eigenvectors,
+                 pixels=pixels, images=images, counts=counts)

@@ -1,0 +1,62 @@
+"""Every subcommand: --help explains it; bad input is one line and a non-zero exit (issue 8)."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from repro import cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_help_explains_every_option(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ./run.sh " + command)
+    assert out.count("\n") > 5 and "--" in out
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_unknown_option_is_one_line(command, capsys):
+    assert cli.main([command, "x", "y", "--no-such-option"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--no-such-option" in err and "--help" in err
+    assert len(err.splitlines()) == 1
+
+
+def bad_inputs(tmp: Path):
+    """(argv, words the one-line message must hold) for a missing or wrong input per command."""
+    bad_config = tmp / "bad.toml"
+    bad_config.write_text("[model]\nlrn = 'caffe'\n")
+    return [
+        (["prepare", "--source", str(tmp / "nowhere"), "--out", str(tmp / "out")], ["nowhere"]),
+        (["prepare", "--source", str(tmp), "--out", str(tmp / "out")], [str(tmp)]),  # no known layout
+        (["train", str(bad_config)], ["bad.toml", "model.lrn"]),
+        (["train", "--data", str(tmp / "none"), "--run-dir", str(tmp / "r")], ["no prepared data", "demo"]),
+        (["train", "--set", "optim.lr"], ["section.key=value"]),
+        (["eval", str(tmp / "norun")], ["norun"]),
+        (["report", str(tmp / "norun")], ["norun"]),
+        (["predict", str(tmp / "norun"), str(tmp / "x.jpg")], ["norun"]),
+        (["export", str(tmp / "norun")], ["norun"]),
+        (["demo", "--set", "model.lrn=caffe"], ["model.lrn"]),
+        (["bench", "no_such_benchmark"], ["no_such_benchmark"]),
+    ]
+
+
+def test_missing_or_wrong_input_is_one_line(tmp_path, capsys):
+    for argv, words in bad_inputs(tmp_path):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error:"), (argv, err)
+        for w in words:
+            assert w in err, (argv, err)
+
+
+def test_run_sh_unknown_command_prints_usage_and_fails():
+    r = subprocess.run(["bash", str(REPO / "run.sh"), "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr and "setup" in r.stderr
+    r = subprocess.run(["bash", str(REPO / "run.sh")], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr

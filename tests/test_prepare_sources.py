@@ -1,0 +1,250 @@
+"""The inputs prepare accepts besides the ILSVRC-2012 archives (extracted trees, ILSVRC-2010), the
+fake-archive writer itself, and the pieces of the pipeline on their own."""
+import io
+import tarfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from data_prep import fake_ilsvrc as fake
+from data_prep import images, prepare, shards, sources
+from data_prep.stats import Moments
+from repro.errors import UserError
+
+
+def run(src, out, **kw):
+    return prepare.prepare(prepare.Options(Path(src), Path(out), workers=1, shard_size=4, quiet=True, **kw))
+
+
+def shard_hashes(out, split):
+    return [shards.file_sha256(p) for p in shards.list_shards(out, split)]
+
+
+def split_contents(out, split):
+    labels, names, imgs = [], [], []
+    for p in shards.list_shards(out, split):
+        with h5py.File(p, "r") as f:
+            labels += f["labels"][:].tolist()
+            names += [s.decode() for s in f["filenames"][:]]
+            imgs.append(f["images"][:])
+    return labels, names, np.concatenate(imgs)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(21)
+    return fake.awkward_dataset(rng, n_classes=3, per_class=2, val_per_class=2)
+
+
+@pytest.fixture(scope="module")
+def from_archives(data, tmp_path_factory):
+    train, val, words = data
+    root = tmp_path_factory.mktemp("arch")
+    fake.write_ilsvrc2012(root / "src", train, val, words)
+    run(root / "src", root / "out")
+    return root / "out"
+
+
+def test_tree_with_flat_val_and_devkit_gives_the_same_shards(data, from_archives, tmp_path):
+    train, val, words = data
+    fake.write_tree(tmp_path / "src", train, val, words, flat_val=True)
+    run(tmp_path / "src", tmp_path / "out")
+    for split in ("train", "val"):
+        assert shard_hashes(tmp_path / "out", split) == shard_hashes(from_archives, split)
+    assert shards.read_manifest(tmp_path / "out")["layout"] == "tree"
+
+
+def test_tree_with_val_folders_and_no_devkit(data, from_archives, tmp_path):
+    train, val, words = data
+    fake.write_tree(tmp_path / "src", train, val, words)
+    run(tmp_path / "src", tmp_path / "out")
+    manifest = shards.read_manifest(tmp_path / "out")
+    assert [c["wnid"] for c in manifest["classes"]] == sorted(train)
+    assert [c["words"] for c in manifest["classes"]] == [words[w] for w in sorted(train)]
+    assert all(c["ilsvrc_id"] == -1 for c in manifest["classes"])  # no devkit, no ids
+    for split in ("train", "val"):
+        got, want = split_contents(tmp_path / "out", split), split_contents(from_archives, split)
+        assert got[0] == want[0] and got[1] == want[1] and np.array_equal(got[2], want[2])
+    assert any(s["hash_of"] == "listing" for s in manifest["sources"])
+
+
+def test_flat_val_without_a_devkit_is_a_clear_error(data, tmp_path):
+    train, val, words = data
+    fake.write_tree(tmp_path / "src", train, val, words, flat_val=True)
+    (tmp_path / "src" / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    with pytest.raises(UserError, match="flat"):
+        run(tmp_path / "src", tmp_path / "out")
+
+
+def test_ilsvrc2010_train_val_and_test(tmp_path):
+    rng = np.random.default_rng(4)
+    train, val, test, words = fake.random_dataset(rng, 3, 2, 1, size=(100, 80), test_per_class=2)
+    d = fake.write_ilsvrc2010(tmp_path / "src", train, val, test, words)
+    assert run(tmp_path / "src", tmp_path / "out", year=2010).complete
+    leaves = sorted(train)
+    for split, given, names in (("val", val, d.val_names), ("test", test, d.test_names)):
+        labels, got_names, _ = split_contents(tmp_path / "out", split)
+        assert got_names == names
+        assert labels == [leaves.index(w) for w, _ in given]
+    manifest = shards.read_manifest(tmp_path / "out")
+    assert manifest["year"] == 2010 and set(manifest["splits"]) == {"train", "val", "test"}
+    assert {s["name"] for s in manifest["sources"]} == set(sources.ARCHIVES[2010].values())
+    assert [c["ilsvrc_id"] for c in manifest["classes"]] == [d.ilsvrc_ids[w] for w in leaves]
+
+
+def test_the_wrong_year_is_named(data, tmp_path):
+    train, val, words = data
+    fake.write_ilsvrc2012(tmp_path, train, val, words)
+    with pytest.raises(UserError, match="--year 2012"):
+        sources.catalog(tmp_path, 2010)
+
+
+def test_a_compressed_image_archive_is_refused_clearly(data, tmp_path):
+    train, val, words = data
+    d = fake.write_ilsvrc2012(tmp_path, train, val, words)
+    d.files["val"].write_bytes(fake.tar_bytes([(n, b) for n, (_, b) in zip(d.val_names, val)], compress=True))
+    with pytest.raises(UserError, match="uncompressed"):
+        sources.catalog(tmp_path, 2012)
+
+
+def test_a_class_archive_not_in_the_devkit_is_refused(data, tmp_path):
+    train, val, words = data
+    d = fake.write_ilsvrc2012(tmp_path, train, val, words)
+    extra = dict(train, n99999999=train[sorted(train)[0]])
+    d.files["train"].write_bytes(fake._train_tar(extra))
+    with pytest.raises(UserError, match="n99999999.tar"):
+        sources.catalog(tmp_path, 2012)
+
+
+def test_a_cut_short_archive_is_a_clear_error(data, tmp_path):
+    train, val, words = data
+    d = fake.write_ilsvrc2012(tmp_path, train, val, words)
+    raw = d.files["train"].read_bytes()
+    with tarfile.open(d.files["train"]) as t:
+        last = t.getmembers()[-1]
+    d.files["train"].write_bytes(raw[:last.offset_data + last.size // 2])  # an interrupted download
+    with pytest.raises(UserError, match=f"cut short.*{last.name}"):
+        sources.catalog(tmp_path, 2012)
+
+
+def test_a_cut_short_class_archive_rejects_its_cut_member(data, tmp_path):
+    train, val, words = data
+    d = fake.write_ilsvrc2012(tmp_path, train, val, words)
+    w = sorted(train)[0]
+    inner = fake.tar_bytes(train[w])
+    with tarfile.open(fileobj=io.BytesIO(inner)) as t:
+        cut = t.getmembers()[-1]
+    inner = inner[:cut.offset_data + 10]
+    others = [(f"{x}.tar", fake.tar_bytes(train[x])) for x in sorted(train)[1:]]
+    d.files["train"].write_bytes(fake.tar_bytes([(f"{w}.tar", inner)] + others))
+    cat = sources.catalog(tmp_path, 2012)
+    assert [r.name for r in cat.rejects] == [f"{w}.tar/{cut.name}"] and "cut short" in cat.rejects[0].reason
+    assert len(cat.splits["train"]) == sum(len(v) for v in train.values()) - 1
+
+
+# ------------------------------------------------------------------------- fake writer
+
+def test_fake_meta_mat_has_the_devkit_structure(data, tmp_path):
+    train, val, words = data
+    d = fake.write_ilsvrc2012(tmp_path, train, val, words)
+    with tarfile.open(d.files["devkit"]) as t:
+        names = t.getnames()
+        meta = scipy.io.loadmat(io.BytesIO(t.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()))
+        truth = t.extractfile("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read().split()
+    assert "ILSVRC2012_devkit_t12/data/meta.mat" in names
+    syn = meta["synsets"]
+    assert syn.shape == (len(d.synsets), 1)
+    assert syn.dtype.names == ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
+                               "wordnet_height", "num_train_images")
+    ids = [int(s["ILSVRC2012_ID"][0, 0]) for s in syn[:, 0]]
+    assert ids == list(range(1, len(ids) + 1))
+    leaves = [s for s in syn[:, 0] if int(s["num_children"][0, 0]) == 0]
+    assert len(leaves) == len(train) < len(ids)
+    assert [str(s["WNID"][0]) for s in leaves] != sorted(str(s["WNID"][0]) for s in leaves)
+    assert [int(x) for x in truth] == [d.ilsvrc_ids[w] for w, _ in val]
+    with tarfile.open(d.files["train"]) as t:
+        assert t.getnames() == [f"{w}.tar" for w in sorted(train)]
+
+
+def test_fake_archives_are_reproducible(data, tmp_path):
+    train, val, words = data
+    a = fake.write_ilsvrc2012(tmp_path / "a", train, val, words)
+    b = fake.write_ilsvrc2012(tmp_path / "b", train, val, words)
+    for role in a.files:
+        assert a.files[role].read_bytes() == b.files[role].read_bytes()
+
+
+# ----------------------------------------------------------------------------- pieces
+
+@pytest.mark.parametrize("name, bad", [
+    ("n01440764_1.JPEG", False), ("val/ILSVRC2010_val_00000001.JPEG", False), ("a/../b.JPEG", True),
+    ("../x.JPEG", True), ("/etc/passwd", True), ("C:/x.JPEG", True), ("\\\\server\\x", True), ("", True),
+    ("..x.JPEG", False)])
+def test_unsafe_names(name, bad):
+    assert (sources.unsafe_name(name) is not None) == bad
+
+
+@pytest.mark.parametrize("size, expected", [((500, 375), (341, 256)), ((375, 500), (256, 341)),
+                                            ((256, 256), (256, 256)), ((100, 50), (512, 256)),
+                                            ((3, 2), (384, 256)), ((1000, 1), (256000, 256))])
+def test_resized_size_rounds_half_up(size, expected):
+    assert images.resized_size(*size) == expected
+
+
+def test_gzipped_image_is_decoded(data):
+    import gzip
+    jpeg = data[1][0][1]
+    assert np.array_equal(images.load(gzip.compress(jpeg)), images.load(jpeg))
+
+
+def test_moments_are_exact_and_order_free():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 256, 256, 3), dtype=np.uint8)
+    a, b = Moments(), Moments()
+    a.add(imgs)
+    b.add(imgs[3:])
+    part = Moments()
+    part.add(imgs[:3])
+    b.merge(part)
+    assert np.array_equal(a.pixel_sum, b.pixel_sum) and np.array_equal(a.outer, b.outer)
+    x = imgs.reshape(-1, 3).astype(np.int64)
+    assert np.array_equal(a.outer, x.T @ x)
+    assert np.array_equal(a.pixel_sum, imgs.sum(axis=0, dtype=np.int64))
+
+
+def test_shard_writer_leaves_nothing_on_failure(tmp_path):
+    path = tmp_path / "train-00000.h5"
+    with pytest.raises(RuntimeError):
+        with shards.ShardWriter(path, 2, ["n1"], ["one"], "train", 0) as w:
+            w.append(np.zeros((1, 256, 256, 3), np.uint8), [0], [1], ["a"])
+            raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shard_with_fewer_images_than_planned_is_exact_and_mappable(tmp_path):
+    path = tmp_path / "val-00000.h5"
+    img = np.arange(256 * 256 * 3, dtype=np.int64).reshape(1, 256, 256, 3).astype(np.uint8)
+    with shards.ShardWriter(path, 3, ["n1"], ["one"], "val", 0) as w:
+        w.append(img, [0], [7], ["a.JPEG"])
+    meta = shards.read_meta(path)
+    assert meta.count == 1 and meta.images_offset is not None
+    assert np.array_equal(shards.map_images(meta)[0], img[0])
+    assert shards.read_strings(path, "filenames") == ["a.JPEG"]
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_resize_crop_equals_resize_then_crop_for_many_shapes():
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    shapes = [(500, 375), (375, 500), (500, 333), (257, 256), (256, 257), (300, 257), (1000, 300),
+              (255, 100), (100, 255), (256, 256), (640, 480), (299, 1), (3, 700)]
+    shapes += [tuple(int(v) for v in rng.integers(1, 700, 2)) for _ in range(12)]
+    for w, h in shapes:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        W, H = images.resized_size(w, h)
+        direct = np.asarray(im.resize((W, H), Image.BICUBIC))
+        top, left = (H - 256) // 2, (W - 256) // 2
+        assert np.array_equal(images.resize_crop(im), direct[top:top + 256, left:left + 256]), (w, h)
