@@ -252,7 +252,7 @@ def lrn(x: torch.Tensor, flavour: str, fast: bool = True, groups: int = 1) -> to
     NHWC (channels-last) tensor the maps are the innermost dim, and the result is NHWC too.
     """
     b, c = x.shape[:2]
-    if c % groups:
+    if groups > 1 and c % groups:
         raise ValueError(f"{c} maps do not split into {groups} groups")
     alpha = ALPHA_PER_TERM[flavour]
     if not fast:

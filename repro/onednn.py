@@ -31,9 +31,10 @@ def _mm(a: torch.Tensor, b_t: torch.Tensor, bias=None) -> torch.Tensor:
 def available(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """oneDNN takes it: a 2-D float32 product on a CPU, and not while tracing (an exported
     model must hold plain operations only: ./run.sh export)."""
-    return (_matmul is not None and torch.backends.mkldnn.is_available() and x.device.type == "cpu"
-            and x.dtype == weight.dtype == torch.float32 and x.dim() == 2 and weight.numel() > 0
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or _matmul is None:
+        return False
+    return (torch.backends.mkldnn.is_available() and x.device.type == "cpu" and x.dim() == 2
+            and x.dtype == weight.dtype == torch.float32 and weight.numel() > 0)
 
 
 class _Linear(torch.autograd.Function):
