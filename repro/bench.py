@@ -1,5 +1,7 @@
 """`./run.sh bench [NAME ...] [--json] [--quick] [--model]`: the project's benchmarks as one table.
 
+`--model` prints instead the GPU throughput ESTIMATE of repro.throughput (arithmetic, not timed).
+
 Each benchmark is a script `benchmarks/bench_<name>.py` at the root of the checkout, runnable on
 its own (`python benchmarks/bench_lrn.py`) and exposing `run(quick: bool = False) -> list[dict]`.
 Every row it returns is one comparison measured in the same run:
@@ -128,9 +130,10 @@ def table(rows: list[dict], header: str) -> str:
 def throughput_model(as_json: bool) -> str:
     """The GPU throughput ESTIMATE of repro.throughput (arithmetic; nothing is timed)."""
     from repro import throughput
+    from repro.config import ModelConfig
 
     if as_json:
-        return json.dumps([{**throughput.estimate(s, throughput.ModelConfig()), "estimate": True}
+        return json.dumps([{**throughput.estimate(s, ModelConfig()), "estimate": True}
                            for s in throughput.SETUPS], indent=1)
     return throughput.report()
 
