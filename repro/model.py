@@ -198,7 +198,11 @@ class AlexNet(nn.Module):
         else:
             here = self.placement.towers_here(m.towers)
             self.towers = nn.ModuleDict({str(i): Tower(m, i, speed=speed) for i in here})
+        # The layout activations are computed in: the input is brought to it (a no-op for the
+        # loader's channels-last batches when speed.channels_last; one copy otherwise).
+        self.memory_format = torch.channels_last if speed and speed.channels_last else torch.contiguous_format
         self.placement.place(self)
+        self.to(memory_format=self.memory_format)
 
     @classmethod
     def from_config(cls, cfg: Config | ModelConfig, placement=None, grouped: bool = False,
@@ -214,6 +218,7 @@ class AlexNet(nn.Module):
         (B, 4096), the features of the paper's Figure 4 (nearest neighbours)."""
         place, cross = self.placement, self.m.cross_links
         towers = list(self.towers.values())
+        x = x.contiguous(memory_format=self.memory_format)
         xs = place.scatter(x, len(towers))  # every tower sees the whole image
         h = [t.conv2_stage(t.conv1_stage(xi)) for t, xi in zip(towers, xs)]  # own tower only
         if cross:

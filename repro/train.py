@@ -129,13 +129,10 @@ def init_distributed() -> None:
 
 def build_model(cfg: Config, placement) -> AlexNet:
     """The model as the trainer runs it: on one device, the grouped emulation of both towers
-    when speed.grouped (the same function; checkpoints keep the two-tower form); weights
-    channels-last when speed.channels_last (the loader's input is channels-last already)."""
+    when speed.grouped (the same function; checkpoints keep the two-tower form). The model
+    itself keeps its activations channels-last when speed.channels_last."""
     grouped = cfg.speed.grouped and isinstance(placement, OneDevice) and cfg.model.towers > 1
-    model = AlexNet.from_config(cfg, placement=placement, grouped=grouped)
-    if cfg.speed.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
+    return AlexNet.from_config(cfg, placement=placement, grouped=grouped)
 
 
 def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> Path:

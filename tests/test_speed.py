@@ -90,20 +90,23 @@ def test_each_switch_alone_computes_the_same_step(switch, reference):
     assert_same(train_pass(cfg, x, y), ref["paper", torch.float32], TOL, grads=False)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("flavour", ["paper", "code145"])
-def test_default_speed_equals_plain_reference(flavour, reference):
-    """What the trainer runs by default: all switches at once, dropout masks included."""
+def test_default_speed_equals_plain_reference(flavour, channels_last, reference):
+    """What the trainer runs by default (every switch but issue 5's channels-last, bf16 and
+    compile), and that plus channels-last (the demo's, on CPUs): dropout masks included."""
     x, y, ref = reference
     defaults = Config().speed
-    assert all(getattr(defaults, s) for s in SWITCHES) and not defaults.bf16 and not defaults.compile
-    cfg = config(defaults, **flavour_model(flavour))
+    assert all(getattr(defaults, s) for s in SWITCHES if s != "channels_last")
+    assert not (defaults.channels_last or defaults.bf16 or defaults.compile)
+    cfg = config(dataclasses.replace(defaults, channels_last=channels_last), **flavour_model(flavour))
     assert_same(train_pass(cfg, x, y, torch.float64), ref[flavour, torch.float64], TOL64)
     assert_same(train_pass(cfg, x, y), ref[flavour, torch.float32], TOL, grads=False)
 
 
 def test_default_model_keeps_activations_channels_last():
     """Every conv, ReLU/LRN and pool output stays [B, H, W, C] in memory: no hidden layout copies."""
-    model = build_model(config(Config().speed), OneDevice("cpu")).train()
+    model = build_model(config(dataclasses.replace(Config().speed, channels_last=True)), OneDevice("cpu")).train()
     tower = model.towers["grouped"]
     layouts = {}
 
