@@ -162,13 +162,12 @@ def run(quick: bool = False, images: int | None = None) -> list[dict]:
         baseline = _rate(1 if quick else 2, baseline_loader)
         uint8 = _rate(3 if quick else 8, project_iter)
         floats = _rate(2 if quick else 4, project_iter, consume=normalizer.train)
-    what = (f"{n} images, batch {BATCH}, {WORKERS} workers, page cache; baseline: JPEG folder "
-            "(PIL decode, resize 256, random crop 224, flip, float, normalise)")
+    setup = (f"{n} images, batch {BATCH}, {WORKERS} workers, page cache; baseline: JPEG folder "
+             "(PIL decode, resize 256, random crop 224, flip, float, normalise)")
     return [
-        {"name": "loader", "what": "ready uint8 224 crops (mirrored) vs JPEG-folder float batches; " + what,
+        {"name": "loader", "what": "loader: ready uint8 crops vs JPEG-folder pipeline", "setup": setup,
          "unit": "img/s", "project": uint8, "baseline": baseline, "ratio": uint8 / baseline},
-        {"name": "loader", "what": "ready float input (mean, PCA lighting on CPU in the main process) "
-         "vs JPEG-folder float batches; " + what,
+        {"name": "loader", "what": "loader: float input (mean, lighting on CPU) vs JPEG folder", "setup": setup,
          "unit": "img/s", "project": floats, "baseline": baseline, "ratio": floats / baseline},
     ]
 
@@ -181,9 +180,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = run(args.quick, args.images)
     for r in rows:
-        print(f"{r['what'].split(';')[0]}:\n  project {r['project']:8.0f} img/s   "
+        print(f"{r['what']}:\n  project {r['project']:8.0f} img/s   "
               f"baseline {r['baseline']:7.0f} img/s   ratio {r['ratio']:5.1f}x")
-    print(rows[0]["what"].split("; ", 1)[1])
+    print(rows[0]["setup"])
     if args.json:
         print(json.dumps(rows, indent=1))
     return 0
