@@ -170,6 +170,7 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
     forward = torch.compile(model) if cfg.speed.compile else model
     normalizer = data.make_normalizer(data_root, cfg, device)
     steps = data.steps_per_epoch(data_root, cfg, parts)
+    images = len(data.open_split(data_root, "train"))
     metrics = None
     if main_process:
         rundir.write_config(run_dir, cfg)
@@ -202,8 +203,9 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
             optimizer.freeze("conv1", schedule.conv1_frozen(epoch))
             model.train()
             window = _Window()
-            bar = Progress(steps - pos.step_in_epoch, f"epoch {epoch + 1}/{cfg.schedule.epochs}",
-                           unit="step", stream=None if main_process else open(os.devnull, "w"))
+            bar = Progress(images - pos.step_in_epoch * cfg.data.batch_size,  # images left this epoch
+                           f"epoch {epoch + 1}/{cfg.schedule.epochs}", unit="img",
+                           stream=None if main_process else open(os.devnull, "w"))
             waited = time.perf_counter()
             for batch in data.train_batches(data_root, cfg, epoch, pos.step_in_epoch, part, parts,
                                             pin_memory=device.type == "cuda"):
@@ -228,7 +230,7 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                 pos.step_in_epoch += 1
                 window.add(loss.item(), logits.detach(), y, len(y) * parts, ready - waited,
                            time.perf_counter() - waited)
-                bar.update(1)
+                bar.update(len(y) * parts)  # images of this step, over every data-parallel pair
                 if metrics and pos.step % cfg.train.log_every == 0:
                     metrics.write("train", step=pos.step, epoch=epoch + pos.step_in_epoch / steps,
                                   lr=schedule.lr(epoch), **window.flush())
