@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data_prep import shards
 from data_prep.shards import IMAGE_SIZE, Stats
 
 PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE
@@ -51,6 +52,15 @@ class Moments:
         self.outer[_PAIRS] += pairs
         self.outer[_PAIRS[1], _PAIRS[0]] += np.where(_PAIRS[0] != _PAIRS[1], pairs, 0)
         self.images += len(images)
+
+    @classmethod
+    def of_shard(cls, meta) -> "Moments":
+        """The moments of one finished shard (data_prep.shards.ShardMeta), read through its memory map."""
+        m = cls()
+        data = shards.map_images(meta)
+        for start in range(0, meta.count, 64):
+            m.add(np.asarray(data[start:start + 64]))
+        return m
 
     def merge(self, other: "Moments") -> None:
         self.images += other.images

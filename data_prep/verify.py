@@ -78,12 +78,7 @@ def check_shard(task: _Task, report=None) -> dict:
             problems.append(f"{name}: {wrong} ILSVRC ids are not those of their labels' classes")
     out["per_class"] = np.bincount(labels, minlength=n_classes)
     if task.split == "train" and meta.images_offset is not None:
-        m = Moments()
-        data = shards.map_images(meta)
-        for start in range(0, meta.count, 64):
-            m.add(np.asarray(data[start:start + 64]))
-        del data
-        out["moments"] = m
+        out["moments"] = Moments.of_shard(meta)
     if report:
         report(meta.count)
     return out

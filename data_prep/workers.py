@@ -138,12 +138,7 @@ def summarize_shard(path: Path, n_classes: int, moments: bool) -> dict:
         raise ValueError(f"{path.name}: labels outside 0..{n_classes - 1}")
     out = {"count": meta.count, "per_class": np.bincount(labels, minlength=n_classes).tolist(), "moments": None}
     if moments:
-        m = Moments()
-        data = shards.map_images(meta)
-        for start in range(0, meta.count, 64):
-            m.add(np.asarray(data[start:start + 64]))
-        del data
-        out["moments"] = m
+        out["moments"] = Moments.of_shard(meta)
     return out
 
 
