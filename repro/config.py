@@ -97,7 +97,9 @@ class DataConfig:
     shards: str = opt("data/shards")  # directory written by `./run.sh prepare`
     source: str = opt("")  # where prepare finds the archives ("" -> $ILSVRC_ROOT)
     year: int = opt(2012, choices=(2010, 2012))
-    eval_split: str = opt("val", choices=("val", "test"))  # the split validation/eval reads
+    # validation after every epoch (feeds the plateau schedule): never the test set
+    val_split: str = opt("val", choices=("val",))
+    eval_split: str = opt("val", choices=("val", "test"))  # the split `./run.sh eval` and reports use
     batch_size: int = opt(128, lo=1)
     workers: int = opt(2, lo=0)
     seed: int = opt(0, lo=0)  # shuffling of the shard stream
@@ -181,7 +183,6 @@ class SpeedConfig:
 
 @dataclass
 class EvalConfig:
-    views: str = opt("ten", choices=("centre", "ten"))
     batch_size: int = opt(128, lo=1)
 
 
@@ -327,6 +328,14 @@ def check(cfg: Config, where: str = "config") -> None:
 def to_dict(cfg) -> dict:
     """The resolved config as plain data (written into every run directory)."""
     return dataclasses.asdict(cfg)
+
+
+def flat(cfg) -> dict:
+    """{"section.key": value} of a config (or a dict), e.g. {"model.widths.conv1": 96, ...}."""
+    out = {}
+    for k, v in (cfg if isinstance(cfg, dict) else to_dict(cfg)).items():
+        out.update({f"{k}.{kk}": vv for kk, vv in flat(v).items()} if isinstance(v, dict) else {k: v})
+    return out
 
 
 def dumps_toml(cfg: Config) -> str:

@@ -42,24 +42,6 @@ def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
     return probs.view(-1, views, probs.shape[1]).mean(dim=1)
 
 
-@torch.no_grad()
-def predict(model, root, split: str, views: str, batch_size: int, workers: int, normalizer,
-            progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax outputs (averaged over the views) and labels for every image of a split, in file order."""
-    model.eval()
-    device = model.placement.output_device
-    n_views = len(data.view_offsets(views))
-    probs, labels = [], []
-    for images, y, offsets in data.eval_batches(root, split, views, batch_size, workers,
-                                                pin_memory=device.type == "cuda"):
-        x = normalizer.views(images, offsets).to(device, non_blocking=True)
-        probs.append(average_views(model(x), n_views).cpu())
-        labels.append(y)
-        if progress is not None:
-            progress.update(len(y))
-    return torch.cat(probs), torch.cat(labels)
-
-
 @dataclass
 class Errors:
     top1: float

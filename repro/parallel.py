@@ -252,6 +252,8 @@ class Distributed(Placement):
 
 def make_placement(kind: str, towers: int, device: str = "auto") -> Placement:
     """The placement named by train.placement ("auto" picks the natural one for the hardware)."""
+    from repro.errors import UserError
+
     if kind == "auto":
         if dist.is_initialized():
             kind = "distributed"
@@ -260,10 +262,18 @@ def make_placement(kind: str, towers: int, device: str = "auto") -> Placement:
         else:
             kind = "single"
     if kind == "distributed":
+        if not dist.is_initialized():
+            raise UserError("train.placement = 'distributed' needs one process per tower: start with "
+                            "'./run.sh train --nproc 2' or torchrun")
         return Distributed(towers, None if device == "auto" else device)
     if kind == "two_devices":
+        if towers != 2:
+            raise UserError(f"train.placement = 'two_devices' needs two towers, the model has {towers}")
         if device not in ("auto", "cuda"):
             return TwoDevices([device] * towers)  # e.g. "cpu": two towers, two "devices", one CPU
+        if torch.cuda.device_count() < 2:
+            raise UserError(f"train.placement = 'two_devices' needs two GPUs, {torch.cuda.device_count()} "
+                            f"visible: use train.placement = 'single' (or 'auto')")
         return TwoDevices([f"cuda:{i}" for i in range(towers)])
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

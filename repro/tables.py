@@ -12,8 +12,9 @@ How a run finds its row:
 - an ensemble of k full-model runs fills the row averaging k CNNs ("5 CNNs"), or a row of its own;
 - its fidelity variant (paper text, code 145, mixed) compares the points where
   paper_configs/alexnet_2gpu.toml and alexnet_2gpu_code145.toml differ, whatever their values;
-- its scale notes compare its widths, classes and batch size with the row's config file, and
-  say how far it trained, so a demo-sized run is never mistaken for the paper's experiment;
+- its notes list every setting of the recipe that departs from the row's config file, compare
+  its widths, classes and batch size with it, and say how far it trained, so a demo-sized run
+  is never mistaken for the paper's experiment;
 - only runs on ILSVRC's 1000 classes fill the rows of Tables 1 and 2 and sit beside the known
   reproductions: a run on other data (the demo's 10 generated classes) is listed with its own
   numbers in the runs table, and may still fill an ablation row against a full-model run of the
@@ -26,13 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repro import rundir
-from repro.config import CONFIG_DIR, Config, load_config, to_dict
+from repro.config import CONFIG_DIR, Config, flat, load_config
 
 PUBLISHED = rundir.REPO / "results" / "published.json"
 FULL_MODEL = "alexnet_2gpu.toml"
 CODE145 = "alexnet_2gpu_code145.toml"
 SCALE_KEYS = ("model.widths.", "model.num_classes", "data.batch_size")
-REDUCED, PARTLY_TRAINED = "reduced scale", "partly trained"
+REDUCED, PARTLY_TRAINED, DEPARTS = "reduced scale", "partly trained", "departs from"
+# Keys that say where and how a run computes, not what it computes (never a departure).
+HOUSEKEEPING = ("description", "name", "data.shards", "data.source", "data.workers", "data.seed",
+                "data.val_split", "data.eval_split", "data.year", "augment.on", "train.", "speed.", "eval.")
 ILSVRC_CLASSES = 1000
 
 # The change against the full model that each ablation row of published.json makes.
@@ -68,7 +72,7 @@ class Run:
     @property
     def comparable(self) -> bool:
         """False for a run smaller than the paper's or stopped early (marked in the report)."""
-        return not any(n.startswith((REDUCED, PARTLY_TRAINED)) for n in self.notes)
+        return not any(n.startswith((REDUCED, PARTLY_TRAINED, DEPARTS)) for n in self.notes)
 
     @property
     def ilsvrc(self) -> bool:
@@ -95,33 +99,24 @@ def describe(name: str, cfg: Config, records: dict, published: dict, members=())
     changes = [k for k, test in ABLATIONS.items() if test(cfg)]
     run = Run(name, cfg, int(year), {v: summary(r) for v, r in records.items()}, list(members), changes)
     run.variant, points = fidelity(cfg)
-    run.notes = [f"fidelity: {run.variant}"] + points + scale_notes(cfg, row_config(run, published), first)
+    row = row_config(run, published)
+    run.notes = [f"fidelity: {run.variant}"] + points + recipe_notes(cfg, row) + scale_notes(cfg, row, first)
     if not run.ilsvrc:
         run.notes.append(f"not ILSVRC ({cfg.model.num_classes} classes): not set beside the paper's "
                          f"absolute numbers")
     return run
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _config_values(name: str) -> dict:
-    flat = _flat(to_dict(load_config(CONFIG_DIR / name)))
-    flat.pop("description"), flat.pop("name")
-    return flat
+    values = flat(load_config(CONFIG_DIR / name))
+    values.pop("description"), values.pop("name")
+    return values
 
 
 def fidelity(cfg: Config) -> tuple[str, list[str]]:
     """("paper text" | "code 145" | "mixed" | "neither", notes on the points that follow neither)."""
     paper, code = _config_values(FULL_MODEL), _config_values(CODE145)
-    run = _flat(to_dict(cfg))
+    run = flat(cfg)
     follows, other = set(), []
     for key in sorted(k for k in paper if paper[k] != code[k]):
         if run[key] == paper[key]:
@@ -148,9 +143,19 @@ def row_config(run: Run, published: dict) -> str:
     return rows[0]["config"] if rows else FULL_MODEL
 
 
+def recipe_notes(cfg: Config, config_name: str) -> list[str]:
+    """Settings of the recipe that differ from the row's config, besides the fidelity points
+    (reported by `fidelity`) and the scale (by `scale_notes`): e.g. the demo's biases and rate."""
+    paper, code = _config_values(FULL_MODEL), _config_values(CODE145)
+    ref, run = _config_values(config_name), flat(cfg)
+    diffs = [f"{k} = {run[k]!r} ({ref[k]!r})" for k in sorted(ref)
+             if run[k] != ref[k] and paper[k] == code[k] and not k.startswith(SCALE_KEYS + HOUSEKEEPING)]
+    return [f"{DEPARTS} paper_configs/{config_name}: {'; '.join(diffs)}"] if diffs else []
+
+
 def scale_notes(cfg: Config, config_name: str, rec: dict) -> list[str]:
     """Where a run is smaller than the row's config, and how far it trained."""
-    ref, run = _config_values(config_name), _flat(to_dict(cfg))
+    ref, run = _config_values(config_name), flat(cfg)
     smaller = [f"{k} {run[k]} ({ref[k]})" for k in sorted(ref) if k.startswith(SCALE_KEYS) and run[k] != ref[k]]
     notes = [f"{REDUCED} against paper_configs/{config_name}: {', '.join(smaller)}"] if smaller else []
     ckpts = [m["checkpoint"] for m in rec.get("ensemble", [])] or [rec.get("checkpoint") or {}]

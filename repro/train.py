@@ -22,8 +22,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from data_prep import shards
 from repro import checkpoint, data, evaluate, rundir
-from repro.config import DEFAULT_CONFIG, Config, load_config
+from repro.config import DEFAULT_CONFIG, Config, flat, load_config
 from repro.errors import ArgumentParser, UserError
 from repro.model import AlexNet, _mix
 from repro.optim import PaperSGD, Schedule
@@ -69,15 +70,29 @@ def main(argv) -> int:
         if not (run_dir / rundir.CONFIG).is_file():
             raise UserError(f"{run_dir} holds no run to resume ({rundir.CONFIG} missing)")
         cfg = rundir.read_config(run_dir, args.set)
+        _check_resumable(rundir.read_config(run_dir), cfg, run_dir)
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
         run_dir = Path(args.run_dir or f"runs/{cfg.name}")
-        if checkpoint.latest(run_dir):
+        if (run_dir / rundir.CONFIG).exists():
             raise UserError(f"{run_dir} already holds a run: add --resume to continue it, "
                             f"or choose another --run-dir")
     data_root = Path(args.data or cfg.data.shards)
     train(cfg, data_root, run_dir, resume=args.resume)
     return 0
+
+
+# What a resumed run may not change: the model, and everything that decides the stream of
+# batches, augmentations and dropout masks (exact resume depends on them).
+FIXED_ON_RESUME = ("model", "init", "data.batch_size", "data.seed", "augment", "train.seed")
+
+
+def _check_resumable(saved: Config, new: Config, run_dir: Path) -> None:
+    old, now = flat(saved), flat(new)
+    for key in sorted(old):
+        if key.startswith(FIXED_ON_RESUME) and old[key] != now[key]:
+            raise UserError(f"--set {key}: a resumed run keeps {key} = {old[key]!r} (the run in "
+                            f"{run_dir} was trained with it); start a new run to change it")
 
 
 def launch_local(args, argv) -> int:
@@ -149,6 +164,10 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                         f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
                         f"to try everything on generated data")
 
+    year = shards.read_manifest(data_root).get("year")
+    if year is not None and year != cfg.data.year:
+        raise UserError(f"the data in {data_root} is ILSVRC-{year}, the config says data.year = "
+                        f"{cfg.data.year}: prepare the right year or use the matching config")
     classes = len(data.class_names(data_root))
     if classes != cfg.model.num_classes:
         raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
@@ -252,7 +271,7 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
             reduced = schedule.end_epoch(pos.epoch, val.top1)
             if metrics:
                 metrics.write("val", epoch=pos.epoch, step=pos.step, lr=schedule.lr(epoch),
-                              views="centre", split=cfg.data.eval_split, **val.as_dict())
+                              views="centre", split=cfg.data.val_split, **val.as_dict())
                 if reduced:
                     metrics.write("event", event="lr_divided", epoch=pos.epoch, lr=schedule.lr(pos.epoch))
                 print(f"epoch {pos.epoch}: validation top-1 {val.top1:.2%}, top-5 {val.top5:.2%} "
@@ -284,11 +303,12 @@ def _agree(distributed: bool, bad: bool, stop: bool, device) -> tuple[bool, bool
 
 
 def validate(model, cfg: Config, data_root: Path, normalizer) -> evaluate.Errors:
-    """Centre-crop top-1 / top-5 error on cfg.data.eval_split (feeds the plateau schedule)."""
-    probs, labels = evaluate.predict(model, data_root, cfg.data.eval_split, "centre",
-                                     cfg.eval.batch_size, cfg.data.workers, normalizer)
+    """Centre-crop top-1 / top-5 error on the validation split (feeds the plateau schedule; the
+    paper's section 5: "when the validation error rate stopped improving")."""
+    probs, labels = evaluate.predict_views(model, data_root, cfg.data.val_split, "centre",
+                                           cfg.eval.batch_size, cfg.data.workers, normalizer)
     model.train()
-    return evaluate.errors(probs, labels)
+    return evaluate.errors(probs["centre"], labels)
 
 
 class _Window:

@@ -84,8 +84,8 @@ def test_ten_view_is_the_mean_of_softmax_over_the_ten_explicit_crops(tiny_run, t
     with torch.no_grad():
         expected_centre = torch.stack([F.softmax(model(explicit_views(im, mean)[4:5]), dim=1)[0] for im in images])
     both, labels = evaluate.predict_views(model, tiny_shards, "val", "both", 5, 0, normalizer)
-    ten, _ = evaluate.predict(model, tiny_shards, "val", "ten", 5, 0, normalizer)
-    centre, _ = evaluate.predict(model, tiny_shards, "val", "centre", 5, 0, normalizer)
+    ten = evaluate.predict_views(model, tiny_shards, "val", "ten", 5, 0, normalizer)[0]["ten"]
+    centre = evaluate.predict_views(model, tiny_shards, "val", "centre", 5, 0, normalizer)[0]["centre"]
     for got in (both["ten"], ten):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     for got in (both["centre"], centre):
@@ -109,7 +109,8 @@ def test_eval_writes_records_with_checkpoint_and_shard_hashes_and_reuses_them(ti
         assert rec["checkpoint"]["sha256"] == {f.name: shards.file_sha256(f) for f in ckpt.glob("*.pt")}
         assert set(rec["checkpoint"]["sha256"]) == {"tower0.pt", "tower1.pt", "state.pt"}
         assert rec["data"]["shards"] == {s["name"]: s["sha256"] for s in manifest["splits"]["val"]["shards"]}
-        probs, labels = evaluate.predict(model, tiny_shards, "val", views, 4, 0, normalizer)
+        probs, labels = evaluate.predict_views(model, tiny_shards, "val", views, 4, 0, normalizer)
+        probs = probs[views]
         e = evaluate.errors(probs, labels)
         assert (rec["top1_error"], rec["top5_error"], rec["images"]) == pytest.approx((e.top1, e.top5, 12))
         assert [c["images"] for c in rec["per_class"]] == [3, 3, 3, 3]
@@ -131,9 +132,9 @@ def test_ensemble_averages_the_softmax_outputs_of_its_runs(tiny_shards, tmp_path
     members = []
     for r in runs:
         model, cfg = evaluate.load_run(r)
-        probs, labels = evaluate.predict(model, tiny_shards, "val", "ten", 6, 0,
-                                         data.make_normalizer(tiny_shards, cfg, "cpu"))
-        members.append(probs)
+        probs, labels = evaluate.predict_views(model, tiny_shards, "val", "ten", 6, 0,
+                                               data.make_normalizer(tiny_shards, cfg, "cpu"))
+        members.append(probs["ten"])
     expected = (members[0] + members[1] + members[2]) / 3
     rec = recs["ten"]
     assert rec == json.loads(evaluate.record_path(runs[0], "val", "ten", "-ensemble").read_text())

@@ -144,6 +144,24 @@ def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path):
     assert json.loads((run / rundir.PROVENANCE).read_text())["world_size"] == 2
 
 
+def test_a_run_is_never_silently_mixed_with_another(tiny_shards, tmp_path):
+    from repro.train import main
+
+    run = tmp_path / "r"
+    args = ["--data", str(tiny_shards), "--run-dir", str(run), *sum((["--set", s] for s in SMALL), [])]
+    main(args + ["--set", "train.max_steps=1"])
+    with pytest.raises(UserError, match="already holds a run"):  # a fresh run into a used directory
+        main(args)
+    with pytest.raises(UserError, match="data.batch_size"):  # resuming may not change the stream
+        main(["--data", str(tiny_shards), "--run-dir", str(run), "--resume", "--set", "data.batch_size=4"])
+    with pytest.raises(UserError, match="ILSVRC-2012.*data.year = 2010"):
+        train(small_config("data.year=2010"), tiny_shards, tmp_path / "y")
+    with pytest.raises(UserError, match="--nproc 2"):
+        train(small_config("train.placement=distributed"), tiny_shards, tmp_path / "d")
+    main(["--data", str(tiny_shards), "--run-dir", str(run), "--resume", "--set", "train.max_steps=2"])
+    assert checkpoint.read_state(checkpoint.latest(run))["step"] == 2
+
+
 def test_cli_errors_are_one_line(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "repro", "train", *args], cwd=REPO,
