@@ -431,15 +431,6 @@ def read_ground_truth(data: bytes, where: str) -> list[int]:
         raise UserError(f"{where}: expected one ILSVRC id (an integer) per line") from None
 
 
-def describe_sources(paths: list[Path]) -> list[dict]:
-    """Name and size of each source (a folder's size is the sum of its files)."""
-    out = []
-    for p in paths:
-        size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        out.append({"name": p.name, "bytes": size})
-    return out
-
-
 def listing_lines(folder: Path) -> list[str]:
     """Sorted "relative/path<TAB>size" lines of a folder's files (what a folder's hash is of)."""
     lines = []

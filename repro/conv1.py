@@ -73,6 +73,7 @@ class _StridedConv(torch.autograd.Function):
     space-to-depth (the input gradient, if ever needed, by the library's own routine)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under bf16 autocast
     def forward(ctx, x, weight, bias, stride):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.has_bias = stride, bias is not None
@@ -80,6 +81,7 @@ class _StridedConv(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         s = ctx.stride
@@ -107,6 +109,7 @@ class StridedConv2d(torch.nn.Conv2d):
         p, s = self.padding[0], self.stride[0]
         if p:
             x = F.pad(x, (p, p, p, p))
-        if not torch.is_grad_enabled() or not (weight.requires_grad or x.requires_grad):
-            return F.conv2d(x, weight, bias, s)  # evaluation: nothing to differentiate
+        if (not torch.is_grad_enabled() or not (weight.requires_grad or x.requires_grad)
+                or x.device.type != "cpu"):  # evaluation; or a GPU, whose own routine is fine
+            return F.conv2d(x, weight, bias, s)
         return _StridedConv.apply(x, weight, bias, s)

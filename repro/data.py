@@ -10,7 +10,8 @@ Training stream of an epoch (a pure function of (data.seed, epoch), never of the
   written in an order shuffled once (DESIGN.md), so a batch drawn from one or two shards is
   still a random sample, while reads stay inside one shard at a time (page cache friendly);
 - global step s takes positions [s * B, (s + 1) * B) of the stream (B = data.batch_size); the
-  last, partial batch is kept, so an epoch sees every image exactly once;
+  last, partial batch is kept, so an epoch sees every image exactly once (with data-parallel
+  parts it is dropped instead, so that every part gets an equal share of every batch);
 - the crop, mirror and lighting draws of step s come from (seed, epoch, s) alone, so a run
   started at step k sees exactly the batches a run from step 0 sees from k on (exact resume);
 - data parallelism: part p of `parts` gets rows [p * n / parts, (p + 1) * n / parts) of every
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -205,10 +207,17 @@ def augment_draws(cfg, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray, b
 
 
 def steps_per_epoch(root: str | Path, cfg, parts: int = 1) -> int:
-    """Global steps in an epoch: ceil(N / batch_size), the last partial batch kept. The same for
-    every part, since each part takes its rows of every global batch."""
+    """Global steps in an epoch. The same for every part, since each takes its rows of every
+    global batch."""
     _check_parts(cfg, parts, 0)
-    return -(-len(open_split(root, "train")) // cfg.data.batch_size)
+    return _steps(len(open_split(root, "train")), cfg.data.batch_size, parts)
+
+
+def _steps(images: int, batch: int, parts: int) -> int:
+    """ceil(N / B): the last partial batch kept, so one process sees every image each epoch;
+    floor(N / B) with data-parallel parts, so every part gets its equal share of every batch
+    (the mean of the parts' mean losses is then the batch's mean loss, and no part is empty)."""
+    return -(-images // batch) if parts == 1 else images // batch
 
 
 def _check_parts(cfg, parts: int, part: int) -> None:
@@ -229,7 +238,7 @@ class _TrainSteps(torch.utils.data.Dataset):
         self.shard, self.pos = epoch_order(split.counts, cfg.data.seed, epoch)
         self.cfg, self.epoch, self.start_step = cfg, epoch, start_step
         self.part, self.parts = part, parts
-        self.steps = -(-len(self.shard) // cfg.data.batch_size)
+        self.steps = _steps(len(self.shard), cfg.data.batch_size, parts)
 
     def __len__(self) -> int:
         return max(self.steps - self.start_step, 0)
@@ -262,7 +271,14 @@ def _loader(dataset, workers: int, pin_memory: bool) -> Iterator:
     # batch_size=None: each item is already a batch; items come back in order whatever the
     # number of workers (worker w builds items w, w + workers, ...).
     return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
-                                            num_workers=workers, pin_memory=pin_memory))
+                                            num_workers=workers, pin_memory=pin_memory,
+                                            worker_init_fn=_ignore_sigint))
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C is the trainer's to handle (it checkpoints and stops); a worker that died of it
+    would instead crash the main process while it waits for data."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def train_batches(root: str | Path, cfg, epoch: int, start_step: int = 0, part: int = 0,

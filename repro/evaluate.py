@@ -205,7 +205,7 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> dict[str, dict]:
         normalizer = data.make_normalizer(root, cfg, model.placement.output_device)
         n = len(data.open_split(root, split))
         with Progress(n, f"eval {run_dir.name} {split} ({'+'.join(todo)})",
-                      stream=open(os.devnull, "w") if opts.quiet else None) as bar:
+                      quiet=opts.quiet) as bar:
             probs, labels = predict_views(model, root, split, "both" if len(todo) == 2 else todo[0],
                                           opts.batch_size or cfg.eval.batch_size,
                                           cfg.data.workers if opts.workers is None else opts.workers,

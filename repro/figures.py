@@ -6,7 +6,6 @@ matplotlib's object API with its Agg canvas (Figure.savefig), so no pyplot state
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +73,6 @@ def learning_curves(series: dict[str, list[dict]], out: Path) -> dict[str, dict]
 
 
 # ------------------------------------------------------------------ Figure 3: conv1 kernels
-
-def conv1_kernels(model) -> list[np.ndarray]:
-    """The conv1 weights of each tower, float32 [n, 3, 11, 11], tower 0 first."""
-    return [tower.conv1.weight.detach().float().cpu().numpy() for _, tower in sorted(model.towers.items())]
-
 
 def colour_specificity(kernels: np.ndarray) -> np.ndarray:
     """Per kernel [N, 3, h, w] -> [N] in [0, 1]: the fraction of the kernel's variance that its
@@ -196,7 +190,7 @@ def figure4(model, normalizer, root, split: str, probs: torch.Tensor, out: Path,
     crops = torch.from_numpy(np.stack([augment.centre_crop(val[i]) for i in picks]))[:, None]
     queries = fc7(model, normalizer, crops, centre)
     pool = min(pool, len(train))
-    with Progress(pool, "figure 4: fc7 of training images", stream=open(os.devnull, "w") if quiet else None) as bar:
+    with Progress(pool, "figure 4: fc7 of training images", quiet=quiet) as bar:
         near, dist, searched = nearest_training_images(model, normalizer, root, queries, k, pool,
                                                        batch_size, workers, bar)
     shown = []

@@ -214,6 +214,7 @@ class _PowerNorm(torch.autograd.Function):
     Not twice differentiable: use fast=False for double backward."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # bf16 would lose alpha' sum
     def forward(ctx, x, k, alpha, dims):
         out, q = _forward(x, k, alpha, dims, save=True)
         ctx.save_for_backward(x, q)
@@ -222,6 +223,7 @@ class _PowerNorm(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g):
         x, q = ctx.saved_tensors
         return _backward(g, x, q, ctx.alpha, ctx.dims), None, None, None
@@ -231,6 +233,8 @@ def _power_norm_fast(x: torch.Tensor, k: float, alpha: float, dims: tuple) -> to
     if BETA != 0.75 or RNORM_POWER != 0.75:  # the rsqrt/sqrt trick is for beta = 3/4 only
         raise NotImplementedError("the fast path computes d^-3/4; use fast=False")
     x = x.contiguous()
+    if x.dtype in (torch.float16, torch.bfloat16):  # always normalise in float32 (k + alpha' sum)
+        x = x.float()
     if torch.is_grad_enabled() and x.requires_grad:
         return _PowerNorm.apply(x, k, alpha, dims)
     return _forward(x, k, alpha, dims, save=False)[0]

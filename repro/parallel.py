@@ -155,7 +155,7 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd's own tensor: not in place
         dist.all_reduce(grad, group=ctx.group)
         return grad.chunk(ctx.size, dim=1)[ctx.rank].contiguous(), None, None, None
 

@@ -25,7 +25,9 @@ def format_duration(seconds: float) -> str:
 
 class Progress:
     def __init__(self, total: int | None, desc: str = "", unit: str = "img", stream=None,
-                 interval: float | None = None, tty: bool | None = None, clock=time.monotonic):
+                 interval: float | None = None, tty: bool | None = None, clock=time.monotonic,
+                 quiet: bool = False):
+        self.quiet = quiet  # count, but print nothing (other ranks of a distributed run; tests)
         self.total = total
         self.desc = desc
         self.unit = unit
@@ -86,6 +88,8 @@ class Progress:
         return text
 
     def _emit(self, now: float, final: bool) -> None:
+        if self.quiet:
+            return
         text = self.line(now, final)
         if self.tty:
             pad = " " * max(0, self._width - len(text))

@@ -224,7 +224,7 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
             window = _Window()
             bar = Progress(images - pos.step_in_epoch * cfg.data.batch_size,  # images left this epoch
                            f"epoch {epoch + 1}/{cfg.schedule.epochs}", unit="img",
-                           stream=None if main_process else open(os.devnull, "w"))
+                           quiet=not main_process)
             waited = time.perf_counter()
             for batch in data.train_batches(data_root, cfg, epoch, pos.step_in_epoch, part, parts,
                                             pin_memory=device.type == "cuda"):

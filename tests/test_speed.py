@@ -196,3 +196,18 @@ def test_grouped_default_writes_tower_checkpoints_that_load_anywhere(tmp_path):
     x, _ = batch()
     with torch.no_grad():
         assert rel_err(towers.eval()(x.contiguous()), grouped.eval()(x)) < TOL
+
+
+def test_fast_paths_run_under_bf16_autocast_and_normalise_in_float32():
+    """speed.bf16 with the fast conv1 and LRN: forward and backward work, LRN stays float32."""
+    cfg = Config()
+    cfg.model.num_classes = 10
+    model = AlexNet.from_config(cfg, grouped=True).train()
+    seen = {}
+    model.towers["grouped"].lrn.register_forward_hook(lambda m, i, o: seen.setdefault("lrn", o.dtype) and None)
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = model(torch.randn(2, 3, 224, 224) * 50)
+    F.cross_entropy(logits.float(), torch.tensor([1, 2])).backward()
+    assert logits.dtype == torch.bfloat16 and seen["lrn"] == torch.float32
+    grad = model.towers["grouped"].conv1.weight.grad
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
