@@ -417,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "continues where it stopped.",
         epilog="Sources: the official ILSVRC-2012 files in one directory (ILSVRC2012_img_train.tar, "
                "ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz), the ILSVRC-2010 files (--year 2010: "
-               "the train/val/test image archives, the devkit and ILSVRC2010_test_ground_truth.txt), or an "
+               "ILSVRC2010_images_{train,val,test}.tar, ILSVRC2010_devkit-1.0.tar.gz and "
+               "ILSVRC2010_test_ground_truth.txt; a layout taken from public converters of the real files, "
+               "not checked against them here), or an "
                "extracted tree: train/<wnid>/*.JPEG and val/ as <wnid>/ folders, or flat with the devkit "
                "beside it. Exit status: 0 done; 1 images rejected (see rejects.tsv; --allow-rejects accepts "
                "them) or --verify found mismatches; 2 bad input.")

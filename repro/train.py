@@ -201,6 +201,10 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
         metrics.write("event", event="resume" if resume else "start", step=pos.step, epoch=pos.epoch)
 
     def save():
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        if _agree(distributed, not finite, False, device)[0]:  # never save a diverged model
+            raise UserError(f"the weights became infinite or NaN at step {pos.step} (epoch {pos.epoch + 1}); "
+                            f"not saved; last good checkpoint: {checkpoint.latest(run_dir)}. Try a lower optim.lr")
         state = {"step": pos.step, "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch,
                  "schedule": schedule.state_dict(), "config": cfg.name}
         if not distributed:

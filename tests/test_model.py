@@ -103,17 +103,29 @@ def test_options_keep_the_output_sizes(padding, pool):
     assert out["conv1"][-2:] == (55, 55) and out["conv5"][-2:] == (13, 13)
 
 
-def test_ceil_padding_hangs_three_pixels_past_right_and_bottom():
-    """The last conv1 window of the 2012 code reads columns 220..230 of which 224..226 are zeros."""
-    model = AlexNet.from_config(ModelConfig(conv1_padding="ceil", num_classes=10))
+@pytest.mark.parametrize("padding", ["ceil", "symmetric"])
+def test_conv1_padding_as_the_model_applies_it(padding):
+    """ceil (the 2012 code): no padding, the last window reads columns 220..230 of which
+    224..226 are zeros (right and bottom only); symmetric: 2 zero pixels on every side."""
+    model = AlexNet.from_config(ModelConfig(conv1_padding=padding, num_classes=10)).eval()
     conv1 = model.towers["0"].conv1
+    seen = {}
+
+    def record(mod, inp, out):
+        seen["out"] = out.detach().clone()  # before the in-place ReLU
+
+    conv1.register_forward_hook(record)
     x = torch.randn(1, 3, 224, 224)
-    padded = torch.nn.functional.pad(x, (0, 3, 0, 3))
-    direct = torch.nn.functional.conv2d(padded[:, :, 216:227, 216:227], conv1.weight, conv1.bias)
     with torch.no_grad():
-        out = conv1(torch.nn.functional.pad(x, (0, 3, 0, 3)))
-    torch.testing.assert_close(out[:, :, 54:55, 54:55], direct)
-    assert conv1.padding == (0, 0)
+        model(x)
+    pad = (0, 3, 0, 3) if padding == "ceil" else (2, 2, 2, 2)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, pad), conv1.weight, conv1.bias, stride=4)
+    assert seen["out"].shape[-2:] == (55, 55)
+    torch.testing.assert_close(seen["out"], expected, rtol=1e-5, atol=1e-5)
+    # the two alignments really differ: the other padding gives other outputs
+    other = (2, 2, 2, 2) if padding == "ceil" else (0, 3, 0, 3)
+    wrong = torch.nn.functional.conv2d(torch.nn.functional.pad(x, other), conv1.weight, conv1.bias, stride=4)
+    assert not torch.allclose(seen["out"], wrong, atol=1e-3)
 
 
 @pytest.mark.parametrize("config", ["alexnet_2gpu", "alexnet_2gpu_code145"])

@@ -199,3 +199,25 @@ def test_data_parallel_pairs_equal_one_pair_on_whole_batch(tmp_path):
         assert set(grads) == {k for k in reference if k.startswith(f"towers.{rank % 2}.")}
         for name, g in grads.items():
             assert rel_err(g, reference[name]) < TOL, (rank, name)
+
+
+def test_dropout_masks_are_the_same_in_every_placement():
+    """Training mode: each tower draws its masks from its own stream, wherever it runs."""
+    m = CONFIGS["paper"]
+    x, y = inputs()
+    results = []
+    for kind in ("one", "two", "grouped"):
+        place = TwoDevices(["cpu", "cpu"]) if kind == "two" else None
+        model = AlexNet.from_config(m, placement=place, grouped=kind == "grouped", seed=SEED).train()
+        model.reseed_dropout(5)
+        logits = model(x)
+        F.cross_entropy(logits, y).backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        results.append((logits.detach(), from_grouped_state(grads, m) if kind == "grouped" else grads))
+        model.reseed_dropout(6)
+        assert not torch.allclose(model(x), logits)  # another seed, other masks
+    (ref_logits, ref_grads), *others = results
+    for logits, grads in others:
+        assert rel_err(logits, ref_logits) < TOL
+        for name, g in grads.items():
+            assert rel_err(g, ref_grads[name]) < TOL, name

@@ -161,8 +161,10 @@ def test_onednn_linear_leaves_empty_other_dtypes_and_tracing_to_torch():
 def test_keep_freed_memory_stops_refaulting_big_blocks():
     """In a fresh process: re-allocating freed 80 MB blocks faults pages in afresh every time by
     default, and (after the heap has grown once) hardly at all with keep_freed_memory()."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("glibc only")
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":  # keep_freed_memory is a glibc malloc setting (mallopt)
+        pytest.skip("keep_freed_memory works on glibc only")
     script = textwrap.dedent("""
         import resource, sys, torch
         from repro.cpu_memory import keep_freed_memory
@@ -181,7 +183,7 @@ def test_keep_freed_memory_stops_refaulting_big_blocks():
         out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                              check=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
         counts[mode] = int(out.stdout.split()[-1])
-    assert counts["default"] > 3 * 15_000  # 3 x 80 MB of 4 KB pages, faulted in each round
+    assert counts["default"] > 100  # pages of the freed blocks faulted in again (fewer with huge pages)
     assert counts["keep"] < counts["default"] / 10, counts
 
 
