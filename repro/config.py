@@ -126,6 +126,9 @@ class OptimConfig:
     momentum: float = opt(0.9, lo=0.0, hi=1.0)
     weight_decay: float = opt(0.0005, lo=0.0)
     bias_lr_mult: float = opt(1.0, lo=0.0)  # code 145 trains biases at twice the rate
+    # the decay term on biases too ("every parameter"); cuda-convnet, which code 145 descends
+    # from, builds its biases with weight decay 0 (layer.cu: new Weights(..., epsB, 0, momB, ...))
+    bias_weight_decay: bool = opt(True)
     rule: str = opt("paper", choices=("paper", "torch"))  # "torch": torch.optim.SGD's form
 
 

@@ -15,14 +15,17 @@ from repro.config import OptimConfig, ScheduleConfig
 
 
 def param_groups(model, optim: OptimConfig) -> list[dict]:
-    """Weights and biases (code 145 trains biases at twice the rate), conv1 apart so it can be frozen."""
+    """Weights and biases (code 145 trains biases at twice the rate and without weight decay),
+    conv1 apart so it can be frozen."""
     groups = {}
     for name, p in model.named_parameters():
         layer = name.split(".")[2]  # towers.<tower>.<layer>.<weight|bias>
         kind = "bias" if name.endswith("bias") else "weight"
         key = (layer == "conv1", kind)
+        decay = optim.weight_decay if kind == "weight" or optim.bias_weight_decay else 0.0
         groups.setdefault(key, {"params": [], "name": f"{'conv1' if layer == 'conv1' else 'rest'}.{kind}",
                                 "lr_mult": optim.bias_lr_mult if kind == "bias" else 1.0,
+                                "weight_decay": decay,
                                 "layer_group": "conv1" if layer == "conv1" else "rest"})
         groups[key]["params"].append(p)
     return list(groups.values())

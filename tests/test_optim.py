@@ -106,3 +106,22 @@ def test_code145_epoch_schedule():
         [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-5, 1e-5])
     assert not s.conv1_frozen(71) and s.conv1_frozen(72)
     assert s.end_epoch(30, 0.1) is False  # validation error does not steer this schedule
+
+
+def test_code145_biases_get_no_weight_decay():
+    from repro.config import OptimConfig
+    from repro.optim import param_groups
+
+    model = torch.nn.Module()
+    model.towers = torch.nn.ModuleDict({"0": torch.nn.ModuleDict({"conv1": torch.nn.Linear(2, 2),
+                                                                  "fc6": torch.nn.Linear(2, 2)})})
+    for bias_decay, expect in ((True, 0.0005), (False, 0.0)):
+        groups = {g["name"]: g for g in param_groups(model, OptimConfig(bias_weight_decay=bias_decay, bias_lr_mult=2.0))}
+        assert groups["rest.weight"]["weight_decay"] == groups["conv1.weight"]["weight_decay"] == 0.0005
+        assert groups["rest.bias"]["weight_decay"] == groups["conv1.bias"]["weight_decay"] == expect
+        assert groups["rest.bias"]["lr_mult"] == 2.0
+        w = torch.nn.Parameter(torch.ones(1))
+        opt = PaperSGD([{"params": [w], "weight_decay": groups["rest.bias"]["weight_decay"]}], lr=0.1)
+        w.grad = torch.zeros(1)
+        opt.step()
+        assert w.item() == pytest.approx(1 - 0.1 * expect)
