@@ -76,6 +76,10 @@ def main(argv) -> int:
     if resume:
         cfg = rundir.read_config(run_dir, args.set)
     train(cfg, shards, run_dir, resume=resume)
+    state = checkpoint.read_state(checkpoint.latest(run_dir))
+    if state["epoch"] < cfg.schedule.epochs and not (cfg.train.max_steps and state["step"] >= cfg.train.max_steps):
+        print(f"demo: training stopped at step {state['step']}; run the same command again to continue")
+        return 130
     stage("4/4 report", f"./run.sh report {run_dir} --name demo --out {out}")
     report.main([str(run_dir), "--name", "demo", "--out", str(out)])
     records = evaluate.evaluate_run(run_dir, evaluate.EvalOptions(quiet=True))

@@ -186,6 +186,9 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
         state = checkpoint.load_into(ckpt, model, optimizer)
         schedule.load_state_dict(state["schedule"])
         pos = Position(state["epoch"], state["step_in_epoch"], state["step"])
+        if cfg.train.max_steps and pos.step >= cfg.train.max_steps:
+            print(f"{run_dir} is at step {pos.step}, train.max_steps = {cfg.train.max_steps}: nothing to do")
+            return run_dir
     forward = torch.compile(model) if cfg.speed.compile else model
     normalizer = data.make_normalizer(data_root, cfg, device)
     steps = data.steps_per_epoch(data_root, cfg, parts)
