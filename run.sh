@@ -5,7 +5,7 @@
 #   ./run.sh prepare | train | eval | report | predict | export | demo | bench   (python -m repro ...)
 # Every subcommand takes --help.
 set -euo pipefail
-cd "$(dirname "$0")"
+REPO="$(cd "$(dirname "$0")" && pwd)"  # paths given to the commands stay relative to where you are
 
 usage() {
   cat <<'TXT'
@@ -30,8 +30,8 @@ TXT
 python_bin() {
   if [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" || "${REPRO_NO_VENV:-0}" == 1 ]]; then
     command -v python3 || command -v python
-  elif [[ -x .venv/bin/python ]]; then
-    echo .venv/bin/python
+  elif [[ -x "$REPO/.venv/bin/python" ]]; then
+    echo "$REPO/.venv/bin/python"
   else
     command -v python3 || command -v python
   fi
@@ -41,6 +41,7 @@ have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2
 
 setup() {
   local py
+  cd "$REPO"
   if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" && "${REPRO_NO_VENV:-0}" != 1 ]]; then
     [[ -x .venv/bin/python ]] || python3 -m venv .venv
   fi
@@ -69,8 +70,9 @@ setup() {
 cmd="${1:-}"
 case "$cmd" in
   setup) shift; setup "$@" ;;
-  test) shift; exec "$(python_bin)" -m pytest -q tests "$@" ;;
-  prepare|train|eval|report|predict|export|demo|bench) exec "$(python_bin)" -m repro "$@" ;;
+  test) shift; cd "$REPO"; exec "$(python_bin)" -m pytest -q tests "$@" ;;
+  prepare|train|eval|report|predict|export|demo|bench)
+    PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$(python_bin)" -m repro "$@" ;;
   -h|--help|help) usage ;;
   "") usage >&2; exit 2 ;;
   *) echo "run.sh: unknown command '$cmd'" >&2; usage >&2; exit 2 ;;
