@@ -199,7 +199,10 @@ def meta_mat_bytes(synsets: list[Synset], year: int = 2012) -> bytes:
                      np.array([[s.wordnet_height]], float), np.array([[s.num_train_images]], float))
     buf = io.BytesIO()
     scipy.io.savemat(buf, {"synsets": arr}, format="5")
-    return buf.getvalue()
+    # The MAT-file's 116-byte text header carries the time of writing ("Created on: ..."):
+    # replace it, so that equal synsets always give equal bytes.
+    header = b"MATLAB 5.0 MAT-file, written by data_prep.fake_ilsvrc"
+    return header.ljust(116, b" ") + buf.getvalue()[116:]
 
 
 # -------------------------------------------------------------------------------- tar files
