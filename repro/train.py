@@ -11,6 +11,7 @@ torch.distributed: `./run.sh train --nproc 2` (or `torchrun --nproc-per-node 2 -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -221,7 +222,8 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
         return path
 
     stop = StopRequest()
-    autocast = torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and device.type == "cuda" else _null()
+    autocast = (torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
     try:
         while pos.epoch < cfg.schedule.epochs:
             epoch = pos.epoch
@@ -245,16 +247,17 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 placement.sync_gradients(model)
-                bad, stop_now = _agree(distributed, not math.isfinite(loss.item()), stop.requested, device)
+                value = loss.item()
+                bad, stop_now = _agree(distributed, not math.isfinite(value), stop.requested, device)
                 if bad:
                     raise UserError(
-                        f"loss became {loss.item()} at step {pos.step + 1} (epoch {epoch + 1}); stopped "
+                        f"loss became {value} at step {pos.step + 1} (epoch {epoch + 1}); stopped "
                         f"without saving these weights; last good checkpoint: {checkpoint.latest(run_dir)}. "
                         f"Try a lower optim.lr")
                 optimizer.step()
                 pos.step += 1
                 pos.step_in_epoch += 1
-                window.add(loss.item(), logits.detach(), y, len(y) * parts, ready - waited,
+                window.add(value, logits.detach(), y, len(y) * parts, ready - waited,
                            time.perf_counter() - waited)
                 bar.update(len(y) * parts)  # images of this step, over every data-parallel pair
                 if metrics and pos.step % cfg.train.log_every == 0:
@@ -290,14 +293,6 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
         if metrics:
             metrics.close()
     return run_dir
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _agree(distributed: bool, bad: bool, stop: bool, device) -> tuple[bool, bool]:
