@@ -10,12 +10,15 @@
 - Resize: Pillow's BICUBIC filter, which is antialiased when shrinking (the kernel is widened by
   the reduction factor, as in Pillow's resize since 2.7), to the size whose shorter side is 256;
   the other side is rounded half up. Then the central crop (left/top offsets rounded down).
+  Only the kept pixels are computed (resize_crop): equal to resize-then-crop except for about
+  one value in 10,000, off by 1 (very rarely 2).
 - A few ILSVRC-2010 files are stored gzip-compressed; they are decompressed first.
 """
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import warnings
 
 import numpy as np
@@ -24,7 +27,8 @@ from PIL import Image
 SIZE = 256
 RESAMPLE = Image.Resampling.BICUBIC
 DESCRIPTION = ("Pillow BICUBIC (antialiased: kernel widened by the reduction factor), full decode, "
-               "shorter side to 256 (rounded half up), central 256x256 crop, RGB")
+               "shorter side to 256 (rounded half up), central 256x256 crop computed alone "
+               "(Pillow resize box), RGB")
 
 
 class BadImage(Exception):
@@ -72,22 +76,37 @@ def decode_rgb(data: bytes) -> Image.Image:
 def resize_crop(im: Image.Image, size: int = SIZE) -> np.ndarray:
     """Shorter side to `size`, central crop: uint8 [size, size, 3].
 
-    Equal, pixel for pixel, to im.resize((w, h), RESAMPLE).crop(central box) (tested against
-    that), but for landscape images it does less work: Pillow resizes in two separable passes,
-    horizontal first into an 8-bit intermediate, then vertical, column by column. So the
-    horizontal pass is run alone, the central columns are cut out, and the vertical pass runs
-    on those 256 columns only (a quarter less work for a 4:3 image)."""
-    w, h = resized_size(im.width, im.height, size)
-    if w > size and h != im.height:
-        if w != im.width:
-            im = im.resize((w, im.height), RESAMPLE)  # horizontal pass only
-        left = (w - size) // 2
-        im = im.crop((left, 0, left + size, im.height)).resize((size, h), RESAMPLE)  # vertical pass only
-        return np.asarray(im)
-    if (w, h) != im.size:
-        im = im.resize((w, h), RESAMPLE)
-    if (w, h) != (size, size):
-        im = im.crop(crop_box(w, h, size))
+    The same sampling grid and filter as im.resize((w, h), RESAMPLE).crop(central box), with only
+    the kept pixels computed. Pillow resizes in two separable passes, horizontal first into an
+    8-bit intermediate, then vertical; this runs them one at a time:
+    - the horizontal pass on the source rows the vertical pass reads (for a portrait image, about
+      three quarters of them), and for a landscape image on the central `size` columns only;
+    - the vertical pass, for a portrait image, on the central `size` rows only.
+    About a fifth less work than resize-then-crop for a 4:3 image. Rows cut before a pass are
+    exact; a pass limited to a range of its output (Pillow's `box`) places its samples through
+    Pillow's float32 box coordinates, which moves them by about 1e-5 pixel, so about one value
+    in 10,000 differs from resize-then-crop, by 1 (very rarely by 2; tests/pixels.py)."""
+    W, H = im.size
+    w, h = resized_size(W, H, size)
+    left, top = (w - size) // 2, (h - size) // 2
+    sx, sy = W / w, H / h
+    if h == H:  # no vertical resampling: the kept rows are all the pass needs
+        r0, r1 = top, top + size
+    else:  # the rows inside the filter's reach (BICUBIC: 2, widened by the reduction) of a kept row
+        reach = 2.0 * max(sy, 1.0)
+        r0 = max(0, math.floor(top * sy - reach) - 1)
+        r1 = min(H, math.ceil((top + size) * sy + reach) + 1)
+    if (r0, r1) != (0, H):
+        im = im.crop((0, r0, W, r1))
+    rows = r1 - r0
+    if w != W:
+        box = None if w == size else (left * sx, 0, (left + size) * sx, rows)
+        im = im.resize((size, rows), RESAMPLE, box=box)
+    elif w != size:
+        im = im.crop((left, 0, left + size, rows))
+    if h != H:
+        box = None if (h, r0, r1) == (size, 0, H) else (0, top * sy - r0, size, (top + size) * sy - r0)
+        im = im.resize((size, size), RESAMPLE, box=box)
     return np.asarray(im)
 
 

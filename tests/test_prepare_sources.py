@@ -12,6 +12,7 @@ import scipy.io
 from data_prep import fake_ilsvrc as fake
 from data_prep import images, prepare, shards, sources
 from data_prep.stats import Moments
+from tests.pixels import assert_as_resize_then_crop
 from repro.errors import UserError
 
 
@@ -236,7 +237,7 @@ def test_a_shard_with_fewer_images_than_planned_is_exact_and_mappable(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
-def test_resize_crop_equals_resize_then_crop_for_many_shapes():
+def test_resize_crop_is_resize_then_crop_for_many_shapes():
     from PIL import Image
     rng = np.random.default_rng(1)
     shapes = [(500, 375), (375, 500), (500, 333), (257, 256), (256, 257), (300, 257), (1000, 300),
@@ -247,4 +248,6 @@ def test_resize_crop_equals_resize_then_crop_for_many_shapes():
         W, H = images.resized_size(w, h)
         direct = np.asarray(im.resize((W, H), Image.BICUBIC))
         top, left = (H - 256) // 2, (W - 256) // 2
-        assert np.array_equal(images.resize_crop(im), direct[top:top + 256, left:left + 256]), (w, h)
+        assert_as_resize_then_crop(images.resize_crop(im), direct[top:top + 256, left:left + 256], (w, h))
+    im = Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))  # square: no box, exact
+    assert np.array_equal(images.resize_crop(im), np.asarray(im.resize((256, 256), Image.BICUBIC)))
