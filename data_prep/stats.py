@@ -39,14 +39,15 @@ class Moments:
         # a pixel's sum over <= 65,536 images fits in uint32; a product of two values <= 255 fits
         # in uint16, and its sum over one image's 65,536 pixels in uint32. No float, no BLAS
         # (whose threads spin between calls and take CPU from the other workers).
-        pixel_sum = np.zeros(self.pixel_sum.shape, np.uint32)
-        x = np.empty((3, PIXELS_PER_IMAGE), np.uint16)
-        products = np.empty((len(_PAIRS[0]), PIXELS_PER_IMAGE), np.uint16)
+        pixel_sum = images.sum(axis=0, dtype=np.uint32)
+        x = np.empty((3, PIXELS_PER_IMAGE), np.uint16)  # one image's R, G and B planes
+        products = np.empty((len(_PAIRS[0]), PIXELS_PER_IMAGE), np.uint16)  # in _PAIRS order
         pairs = np.zeros(len(_PAIRS[0]), np.int64)
         for im in images:
-            np.add(pixel_sum, im, out=pixel_sum, casting="unsafe")
             np.copyto(x, im.reshape(-1, 3).T, casting="unsafe")
-            np.multiply(x[_PAIRS[0]], x[_PAIRS[1]], out=products)
+            np.multiply(x, x[0], out=products[0:3])  # RR, GR, BR
+            np.multiply(x[1:], x[1], out=products[3:5])  # GG, BG
+            np.multiply(x[2], x[2], out=products[5])  # BB
             pairs += products.sum(axis=1, dtype=np.uint32)
         self.pixel_sum += pixel_sum
         self.outer[_PAIRS] += pairs

@@ -220,10 +220,14 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
     with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(q,)) as pool:
         if before_start:
             before_start()
-        pending = {i: pool.apply_async(_call, (fn, task)) for i, task in enumerate(tasks)}
+        def wake(_) -> None:  # a task ended: stop waiting for progress and collect it now
+            q.put(0)
+
+        pending = {i: pool.apply_async(_call, (fn, task), callback=wake, error_callback=wake)
+                   for i, task in enumerate(tasks)}
         while pending:
             try:
-                update(q.get(timeout=0.1))
+                update(q.get(timeout=1.0))
                 while True:
                     update(q.get_nowait())
             except queue.Empty:
