@@ -174,6 +174,7 @@ def prepare(opts: Options, stream=None) -> Summary:
         if moments.images == 0:
             raise UserError("every training image was rejected: no mean image or covariance to compute")
         stats = moments.to_stats(_per_class(results, len(cat.classes)))
+        shards.fsync(out)  # the shards' renames
         shards.write_stats(out, stats)
         shards.write_manifest(out, _manifest(cat, opts, results, source_info, rejects))
     summary.complete = True
@@ -193,6 +194,8 @@ def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, 
     moments = Moments()
     with open(out / JOURNAL, "a") as journal, _progress(todo, opts, stream) as bar:
         def record(r: ShardResult) -> None:
+            if not r.kept:
+                shards.fsync(out / r.name)  # here, not in the worker: the workers never wait for the disk
             journal.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
             journal.flush()
             os.fsync(journal.fileno())

@@ -99,10 +99,15 @@ class ShardWriter:
 
     `capacity` is the number of images planned. A contiguous dataset cannot shrink, so if fewer
     are appended (some images rejected), close() copies them into a file of the exact size.
+    
+    durable=False skips the fsync before the rename (the file is still renamed only once complete):
+    prepare's workers leave it to the parent process, so that they never wait for the disk.
     """
 
-    def __init__(self, path: str | Path, capacity: int, class_wnids, class_words, split: str, index: int):
+    def __init__(self, path: str | Path, capacity: int, class_wnids, class_words, split: str, index: int,
+                 durable: bool = True):
         self.path = Path(path)
+        self.durable = durable
         self.capacity = int(capacity)
         self.class_wnids, self.class_words = list(class_wnids), list(class_words)
         self.split, self.index = split, index
@@ -155,7 +160,10 @@ class ShardWriter:
         f.attrs["index"] = self.index
         f.close()
         self._file = None
-        _fsync_rename(self._tmp, self.path)
+        if self.durable:
+            _fsync_rename(self._tmp, self.path)
+        else:
+            os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
         """Drop the temporary file (nothing appears under the final name)."""
@@ -179,12 +187,17 @@ class ShardWriter:
 
 
 def _fsync_rename(tmp: Path, path: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
+    fsync(tmp)
+    os.replace(tmp, path)
+
+
+def fsync(path: str | Path) -> None:
+    """Flush a file's data, or a directory's entries (its renames), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -5,7 +5,8 @@ catalog found in the archive; no extraction), decodes and resizes it (data_prep.
 the shard through ShardWriter (temporary name, renamed when complete), and returns the shard's
 hash, its per-class counts, its rejects and, for training shards, the exact integer sums that
 the mean image and the covariance are computed from (data_prep.stats). The parent process never
-touches pixels, so nothing large crosses a process boundary.
+touches pixels, so nothing large crosses a process boundary; it flushes each finished shard to
+the disk (fsync) before recording it in the journal, so that no worker waits for the disk.
 
 `parallel_map` runs tasks on a pool (or in this process when workers <= 1) and relays progress.
 """
@@ -100,8 +101,8 @@ def build_shard(task: ShardTask, report=None) -> ShardResult:
     moments = Moments() if task.split == "train" else None
     rejects: list[tuple[str, str]] = []
     buf = np.empty((CHUNK, shards.IMAGE_SIZE, shards.IMAGE_SIZE, 3), np.uint8)
-    with _Reader() as reader, shards.ShardWriter(task.path, len(task.items), task.class_wnids,
-                                                 task.class_words, task.split, task.index) as writer:
+    with _Reader() as reader, shards.ShardWriter(task.path, len(task.items), task.class_wnids, task.class_words,
+                                                 task.split, task.index, durable=False) as writer:
         for start in range(0, len(task.items), CHUNK):
             chunk = task.items[start:start + CHUNK]
             blobs = reader.read_all(chunk)
