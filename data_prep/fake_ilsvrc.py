@@ -25,6 +25,9 @@ converters of the real files (e.g. the Fuel project's ilsvrc2010 converter) and 
     ILSVRC2010_devkit-1.0.tar.gz   devkit-1.0/data/meta.mat (field ILSVRC2010_ID instead of
                                    ILSVRC2012_ID) and devkit-1.0/data/ILSVRC2010_validation_ground_truth.txt
     ILSVRC2010_test_ground_truth.txt   released separately, beside the archives
+    patch_images.tar               replacements for images that are blank or show an "image not
+                                   available" banner: patch_images/<train|val|test>/<file name>
+                                   (prepare reads the folder right above the file, as Fuel does)
 
 As in the real devkits, the leaf synsets (num_children == 0, the classes) come first with ids
 1..C, followed by non-leaf synsets. The leaf ids are deliberately NOT in sorted-WNID order (they
@@ -281,8 +284,12 @@ def write_ilsvrc2012(out_dir, train: dict[str, list[tuple[str, bytes]]], val: li
 
 
 def write_ilsvrc2010(out_dir, train: dict[str, list[tuple[str, bytes]]], val: list[tuple[str, bytes]],
-                     test: list[tuple[str, bytes]], words: dict[str, str] | None = None) -> FakeDataset:
-    """The ILSVRC-2010 files (layout as assumed in the module docstring) in `out_dir`."""
+                     test: list[tuple[str, bytes]], words: dict[str, str] | None = None,
+                     patches: dict[str, list[tuple[str, bytes]]] | None = None) -> FakeDataset:
+    """The ILSVRC-2010 files (layout as assumed in the module docstring) in `out_dir`.
+
+    patches: split -> [(file name, bytes)], the replacements patch_images.tar holds (val and test
+    names are ILSVRC2010_<split>_%08d.JPEG, numbered in the order given)."""
     out = Path(out_dir)
     synsets = _synsets_for(train, words, [w for w, _ in val] + [w for w, _ in test])
     ids = {s.wnid: s.ilsvrc_id for s in synsets if not s.children}
@@ -302,6 +309,8 @@ def write_ilsvrc2010(out_dir, train: dict[str, list[tuple[str, bytes]]], val: li
         "devkit": _write(out / "ILSVRC2010_devkit-1.0.tar.gz", devkit),
         "test_ground_truth": _write(out / "ILSVRC2010_test_ground_truth.txt",
                                     _ground_truth([w for w, _ in test], ids)),
+        "patches": _write(out / "patch_images.tar", tar_bytes(
+            [(f"patch_images/{split}/{name}", b) for split, files in (patches or {}).items() for name, b in files])),
     }
     return FakeDataset(out, files, synsets, ids, val_names, test_names)
 

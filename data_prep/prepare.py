@@ -54,7 +54,7 @@ TRAIN_ORDER = "training images sorted by BLAKE2b-64 of '<seed>\\0<wnid>\\0<file 
 DOWNLOAD = {
     2012: "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz",
     2010: "ILSVRC2010_images_train.tar, ILSVRC2010_images_val.tar, ILSVRC2010_images_test.tar, "
-          "ILSVRC2010_devkit-1.0.tar.gz and ILSVRC2010_test_ground_truth.txt",
+          "patch_images.tar, ILSVRC2010_devkit-1.0.tar.gz and ILSVRC2010_test_ground_truth.txt",
 }
 
 
@@ -147,6 +147,9 @@ def prepare(opts: Options, stream=None) -> Summary:
     say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes: "
         f"{len(tasks)} shards of up to {opts.shard_size} images"
         + (f"; {len(cat.rejects)} archive members unusable (see {REJECTS})" if cat.rejects else ""))
+    if cat.patched:
+        say("read from patch_images.tar (the official replacements for blank images): "
+            + ", ".join(f"{s} {n:,}" for s, n in cat.patched.items()))
     with _lock(out):
         _check_space(out, tasks)
         journal = _read_journal(out)
@@ -352,6 +355,7 @@ def _manifest(cat: Catalog, opts: Options, results: list[ShardResult], source_in
                     for i, c in enumerate(cat.classes)],
         "splits": splits,
         "sources": source_info,
+        "patched": cat.patched,
         "rejects": {"count": len(rejects), "file": REJECTS, "per_split": per_split},
     }
 

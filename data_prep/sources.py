@@ -30,9 +30,11 @@ ARCHIVES = {
     2012: {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar",
            "devkit": "ILSVRC2012_devkit_t12.tar.gz"},
     # The 2010 names as public converters of the real files use them (see data_prep.fake_ilsvrc).
+    # patch_images.tar holds the official replacements for images that are blank or show an
+    # "image not available" banner in the three image archives.
     2010: {"train": "ILSVRC2010_images_train.tar", "val": "ILSVRC2010_images_val.tar",
            "test": "ILSVRC2010_images_test.tar", "devkit": "ILSVRC2010_devkit-1.0.tar.gz",
-           "test_ground_truth": "ILSVRC2010_test_ground_truth.txt"},
+           "test_ground_truth": "ILSVRC2010_test_ground_truth.txt", "patches": "patch_images.tar"},
 }
 DEVKIT_DIRS = {2012: "ILSVRC2012_devkit_t12", 2010: "devkit-1.0"}
 WORDS_FILES = ("synset_words.txt", "LOC_synset_mapping.txt")  # "n01440764 tench, Tinca tinca" per line
@@ -72,6 +74,7 @@ class Catalog:
     splits: dict[str, list[Item]]  # train by (class, name); val and test in file-name order
     rejects: list[Reject] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)  # the archives, folders and files read
+    patched: dict[str, int] = field(default_factory=dict)  # split -> images read from ILSVRC-2010's patch_images.tar
 
 
 @dataclass
@@ -102,6 +105,9 @@ def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0, progre
     if limit_per_class:
         for split, items in cat.splits.items():
             cat.splits[split] = _limit(items, limit_per_class)
+    if layout == "archives" and "patches" in ARCHIVES[year]:
+        patch_path = str(root / ARCHIVES[year]["patches"])
+        cat.patched = {split: sum(it.path == patch_path for it in items) for split, items in cat.splits.items()}
     return cat
 
 
@@ -142,12 +148,13 @@ def _from_archives(root: Path, year: int, tick) -> Catalog:
     classes = devkit.classes()
     cat = Catalog(year, "archives", root, classes, {},
                   sources=[root / n for n in names.values()])
-    cat.splits["train"] = index_train_archive(root / names["train"], classes, cat.rejects, tick)
+    patches = index_patches(root / names["patches"], cat.rejects) if "patches" in names else {}
+    cat.splits["train"] = index_train_archive(root / names["train"], classes, cat.rejects, tick, patches)
     cat.splits["val"] = index_eval_archive(root / names["val"], "val", year, devkit.val_ground_truth,
-                                           devkit, cat.rejects)
+                                           devkit, cat.rejects, patches)
     if year == 2010:
         cat.splits["test"] = index_eval_archive(root / names["test"], "test", year,
-                                                devkit.test_ground_truth, devkit, cat.rejects)
+                                                devkit.test_ground_truth, devkit, cat.rejects, patches)
     return cat
 
 
@@ -301,8 +308,25 @@ def _usable(m: tarfile.TarInfo, split: str, rejects: list[Reject], where: str, e
     return True
 
 
-def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject], tick=lambda n: None) -> list[Item]:
-    """ILSVRC*_img_train.tar: one <wnid>.tar per class, each holding that class's JPEGs."""
+def index_patches(path: Path, rejects: list[Reject]) -> dict[tuple[str, str], tuple[str, int, int]]:
+    """ILSVRC-2010's patch_images.tar: (split, file name) -> (path, offset, size) of the replacement.
+    A member's split is the folder right above it (.../train/n01440764_123.JPEG, .../val/..., .../test/...)."""
+    patches = {}
+    with _open_tar(path) as tar:
+        for m in _members(tar, path):
+            if not _usable(m, "patches", rejects, ""):
+                continue
+            parts = m.name.split("/")
+            if len(parts) >= 2 and parts[-2] in ("train", "val", "test"):
+                patches[(parts[-2], parts[-1])] = (str(path), m.offset_data, m.size)
+    return patches
+
+
+def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject], tick=lambda n: None,
+                        patches: dict | None = None) -> list[Item]:
+    """ILSVRC*_img_train.tar: one <wnid>.tar per class, each holding that class's JPEGs (an image
+    with an entry in `patches` (index_patches) is read from there instead)."""
+    patches = patches or {}
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
     items = []
     spath = str(path)
@@ -321,8 +345,9 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
                 with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
                     for im in inner:
                         if _usable(im, "train", rejects, f"{m.name}/", end=m.size):
-                            items.append(Item(im.name, label, cls.ilsvrc_id, spath,
-                                              m.offset_data + im.offset_data, im.size))
+                            where = patches.get(("train", im.name.rsplit("/", 1)[-1]))
+                            where = where or (spath, m.offset_data + im.offset_data, im.size)
+                            items.append(Item(im.name, label, cls.ilsvrc_id, *where))
             except tarfile.TarError as e:
                 cut = len(rejects) > n_rejects and rejects[-1].reason.startswith("cut short")
                 if not cut:  # (a cut member already says why nothing follows it)
@@ -332,14 +357,17 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
 
 
 def index_eval_archive(path: Path, split: str, year: int, truth: list[int], devkit: Devkit,
-                       rejects: list[Reject]) -> list[Item]:
-    """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder)."""
+                       rejects: list[Reject], patches: dict | None = None) -> list[Item]:
+    """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder); an image with an
+    entry in `patches` (index_patches) is read from there instead."""
+    patches = patches or {}
     entries = []
     spath = str(path)
     with _open_tar(path) as tar:
         for m in _members(tar, path):
             if _usable(m, split, rejects, ""):
-                entries.append((m.name.rsplit("/", 1)[-1], spath, m.offset_data, m.size))
+                name = m.name.rsplit("/", 1)[-1]
+                entries.append((name, *(patches.get((split, name)) or (spath, m.offset_data, m.size))))
     return _label_eval(entries, split, year, truth, devkit, path.name, rejects)
 
 

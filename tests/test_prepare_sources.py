@@ -80,20 +80,44 @@ def test_flat_val_without_a_devkit_is_a_clear_error(data, tmp_path):
         run(tmp_path / "src", tmp_path / "out")
 
 
-def test_ilsvrc2010_train_val_and_test(tmp_path):
+def test_ilsvrc2010_train_val_and_test_with_the_patch_images(tmp_path):
     rng = np.random.default_rng(4)
     train, val, test, words = fake.random_dataset(rng, 3, 2, 1, size=(100, 80), test_per_class=2)
-    d = fake.write_ilsvrc2010(tmp_path / "src", train, val, test, words)
+    # patch_images.tar replaces one image of each split (in the real archives: blank placeholders)
+    blank = fake.encode(np.zeros((80, 100, 3), np.uint8))
+    patched_train = next(iter(train.values()))[1][0]
+    train = {w: [(n, blank if n == patched_train else b) for n, b in files] for w, files in train.items()}
+    val = [(w, blank if i == 1 else b) for i, (w, b) in enumerate(val)]
+    test = [(w, blank if i == 0 else b) for i, (w, b) in enumerate(test)]
+    fixes = {k: fake.encode(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)) for k in ("train", "val", "test")}
+    patches = {"train": [(patched_train, fixes["train"])], "val": [("ILSVRC2010_val_00000002.JPEG", fixes["val"])],
+               "test": [("ILSVRC2010_test_00000001.JPEG", fixes["test"])]}
+    d = fake.write_ilsvrc2010(tmp_path / "src", train, val, test, words, patches)
     assert run(tmp_path / "src", tmp_path / "out", year=2010).complete
     leaves = sorted(train)
     for split, given, names in (("val", val, d.val_names), ("test", test, d.test_names)):
         labels, got_names, _ = split_contents(tmp_path / "out", split)
         assert got_names == names
         assert labels == [leaves.index(w) for w, _ in given]
+    for split, name in (("train", patched_train), ("val", d.val_names[1]), ("test", d.test_names[0])):
+        _, got_names, imgs = split_contents(tmp_path / "out", split)
+        got = imgs[got_names.index(name)]
+        assert np.array_equal(got, images.load(fixes[split])) and got.any(), (split, name)
     manifest = shards.read_manifest(tmp_path / "out")
     assert manifest["year"] == 2010 and set(manifest["splits"]) == {"train", "val", "test"}
+    assert manifest["patched"] == {"train": 1, "val": 1, "test": 1}
     assert {s["name"] for s in manifest["sources"]} == set(sources.ARCHIVES[2010].values())
+    assert "patch_images.tar" in sources.ARCHIVES[2010].values()
     assert [c["ilsvrc_id"] for c in manifest["classes"]] == [d.ilsvrc_ids[w] for w in leaves]
+
+
+def test_ilsvrc2010_needs_the_patch_images(tmp_path):
+    rng = np.random.default_rng(5)
+    train, val, test, words = fake.random_dataset(rng, 2, 1, 1, size=(60, 50), test_per_class=1)
+    d = fake.write_ilsvrc2010(tmp_path, train, val, test, words)
+    d.files["patches"].unlink()
+    with pytest.raises(UserError, match="missing archive .*patch_images.tar"):
+        sources.catalog(tmp_path, 2010)
 
 
 def test_the_wrong_year_is_named(data, tmp_path):
