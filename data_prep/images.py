@@ -10,8 +10,11 @@
 - Resize: Pillow's BICUBIC filter, which is antialiased when shrinking (the kernel is widened by
   the reduction factor, as in Pillow's resize since 2.7), to the size whose shorter side is 256;
   the other side is rounded half up. Then the central crop (left/top offsets rounded down).
-  Only the kept pixels are computed (resize_crop): equal to resize-then-crop except for about
-  one value in 10,000, off by 1 (very rarely 2).
+  The two separable passes run in a fixed order, horizontal first, each rounding to 8 bits: what
+  Pillow's one-call resize did for years (Pillow 13 runs the vertical pass first for some tall
+  images, which moves values by a level or two), so the shards do not depend on the Pillow
+  version. Only the kept pixels are computed (resize_crop): equal to the two passes followed by
+  the crop except for about one value in 10,000, off by 1 (very rarely 2).
 - A few ILSVRC-2010 files are stored gzip-compressed; they are decompressed first.
 """
 from __future__ import annotations
@@ -26,9 +29,9 @@ from PIL import Image
 
 SIZE = 256
 RESAMPLE = Image.Resampling.BICUBIC
-DESCRIPTION = ("Pillow BICUBIC (antialiased: kernel widened by the reduction factor), full decode, "
-               "shorter side to 256 (rounded half up), central 256x256 crop computed alone "
-               "(Pillow resize box), RGB")
+DESCRIPTION = ("Pillow BICUBIC (antialiased: kernel widened by the reduction factor), horizontal pass "
+               "then vertical, full decode, shorter side to 256 (rounded half up), central 256x256 crop "
+               "computed alone (Pillow resize box), RGB")
 
 
 class BadImage(Exception):
@@ -76,9 +79,9 @@ def decode_rgb(data: bytes) -> Image.Image:
 def resize_crop(im: Image.Image, size: int = SIZE) -> np.ndarray:
     """Shorter side to `size`, central crop: uint8 [size, size, 3].
 
-    The same sampling grid and filter as im.resize((w, h), RESAMPLE).crop(central box), with only
-    the kept pixels computed. Pillow resizes in two separable passes, horizontal first into an
-    8-bit intermediate, then vertical; this runs them one at a time:
+    The same sampling grid and filter as resizing to (w, h) and cropping the centre, with only the
+    kept pixels computed. The resize is two separable passes, horizontal first into an 8-bit
+    intermediate, then vertical (the order fixed: see the module docstring), run one at a time:
     - the horizontal pass on the source rows the vertical pass reads (for a portrait image, about
       three quarters of them), and for a landscape image on the central `size` columns only;
     - the vertical pass, for a portrait image, on the central `size` rows only.

@@ -17,7 +17,7 @@ from data_prep import shards
 from repro import checkpoint, cli, data, evaluate, figures, report, rundir, tables
 from repro.model import AlexNet
 from repro.predict import prepare_image
-from tests.pixels import assert_as_resize_then_crop
+from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 from tests.tiny_data import SIGNAL, small_config
 from tests.tiny_data import small_config as _small_config
 
@@ -319,7 +319,7 @@ def test_predict_reads_any_image_and_averages_ten_views(tiny_run, tiny_shards, t
     prepared = {name: prepare_image(tmp_path / name) for name in files}
     assert all(p.shape == (256, 256, 3) and p.dtype == np.uint8 for p in prepared.values())
     np.testing.assert_array_equal(prepared["exact.png"], rgb[:256, :256])  # no resize: untouched
-    resized = Image.fromarray(rgb).resize((int(512 * 256 / 300 + 0.5), 256), Image.Resampling.BICUBIC)
+    resized = resize_two_pass(Image.fromarray(rgb), (int(512 * 256 / 300 + 0.5), 256))
     left = (resized.width - 256) // 2
     assert_as_resize_then_crop(prepared["wide.png"], np.asarray(resized)[:, left:left + 256], "wide.png")
 

@@ -19,7 +19,7 @@ from data_prep import fake_ilsvrc as fake
 from data_prep import prepare, shards
 from data_prep.shards import ShardWriter
 from data_prep.verify import verify
-from tests.pixels import assert_as_resize_then_crop
+from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 from repro import cli
 
 SHARD = 5  # small shards, so that every split has several
@@ -119,7 +119,7 @@ def reference(data: bytes) -> np.ndarray:
     w, h = im.size
     s = 256 / min(w, h)
     size = (256, int(h * s + 0.5)) if w <= h else (int(w * s + 0.5), 256)
-    a = np.asarray(im.resize(size, Image.BICUBIC))
+    a = np.asarray(resize_two_pass(im, size))
     top, left = (a.shape[0] - 256) // 2, (a.shape[1] - 256) // 2
     return a[top:top + 256, left:left + 256]
 
