@@ -77,7 +77,7 @@ def _duration(seconds: float) -> str:
 
 def run(quick: bool = False, images: int | None = None, repeats: int | None = None) -> list[dict]:
     n = images or (240 if quick else 3000)
-    repeats = repeats or (1 if quick else 3)
+    repeats = repeats or (1 if quick else 5)
     workers = os.cpu_count() or 1
     n_classes = 10
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="240 images, one repeat")
     p.add_argument("--images", type=int, help="number of JPEGs (default 3000; 240 with --quick)")
-    p.add_argument("--repeats", type=int, help="best of this many runs of each (default 3; 1 with --quick)")
+    p.add_argument("--repeats", type=int, help="best of this many runs of each (default 5; 1 with --quick)")
     args = p.parse_args(argv)
     run(args.quick, args.images, args.repeats)
     return 0
