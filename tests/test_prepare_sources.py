@@ -266,7 +266,8 @@ def test_resize_crop_is_resize_then_crop_for_many_shapes():
     rng = np.random.default_rng(1)
     shapes = [(500, 375), (375, 500), (500, 333), (257, 256), (256, 257), (300, 257), (1000, 300),
               (255, 100), (100, 255), (256, 256), (640, 480), (299, 1), (3, 700),
-              (257, 2000), (350, 713), (3000, 400), (1200, 2600)]  # tall: Pillow 13 would go vertical first
+              (257, 2000), (350, 713), (3000, 400), (1200, 2600), (4000, 257)]  # tall ones: Pillow 13 goes
+    # vertical first; the panorama's kept columns lie far from the origin (float32 box coordinates)
     shapes += [tuple(int(v) for v in rng.integers(1, 700, 2)) for _ in range(12)]
     for w, h in shapes:
         im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
