@@ -275,6 +275,7 @@ def _clear(out: Path, tasks: list[ShardTask]) -> None:
         inner = p.name[1:-len(".partial")].removesuffix(".exact")
         if inner in ours or shards._SHARD_RE.match(inner):
             p.unlink()
+    shards.fsync(out)  # the manifest's removal is on the disk before any shard is replaced
 
 
 def _read_journal(out: Path) -> dict[str, dict]:
@@ -291,10 +292,7 @@ def _read_journal(out: Path) -> dict[str, dict]:
 
 
 def _write_journal(out: Path, results: list[ShardResult]) -> None:
-    text = "".join(json.dumps(r.journal_entry(), sort_keys=True) + "\n" for r in results)
-    tmp = shards.tmp_name(out / JOURNAL)
-    tmp.write_text(text)
-    os.replace(tmp, out / JOURNAL)
+    shards.write_text(out / JOURNAL, "".join(json.dumps(r.journal_entry(), sort_keys=True) + "\n" for r in results))
 
 
 def _tsv(text: str) -> str:
@@ -303,9 +301,7 @@ def _tsv(text: str) -> str:
 
 def _write_rejects(out: Path, rejects: list[tuple[str, str, str]]) -> None:
     lines = ["split\tname\treason\n"] + [f"{_tsv(s)}\t{_tsv(n)}\t{_tsv(r)}\n" for s, n, r in rejects]
-    tmp = shards.tmp_name(out / REJECTS)
-    tmp.write_text("".join(lines))
-    os.replace(tmp, out / REJECTS)
+    shards.write_text(out / REJECTS, "".join(lines))
 
 
 def _split_counts(results: list[ShardResult]) -> dict[str, int]:

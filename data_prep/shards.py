@@ -34,8 +34,11 @@ stats.h5 holds: mean float64 [256, 256, 3]; covariance, eigenvectors float64 [3,
 float64 [3] (descending); attrs pixels, images (training images), scale = "0-255"; and
 counts/<split> int64 [C], the images per class of each split (equal to what the shards hold).
 
-Every file is written under a temporary name and renamed when complete, so a reader never sees a
-half-written shard. ShardWriter writes a shard a chunk of images at a time; write_shard is the
+Every file is written under a temporary name and renamed when complete, so a running reader never
+sees a half-written shard. (After a power failure, a shard renamed but not yet flushed to the disk
+could be: prepare flushes each shard before recording it as done, checks recorded shards by hash
+when it resumes, and writes the manifest, which readers start from, only after every shard is
+flushed.) ShardWriter writes a shard a chunk of images at a time; write_shard is the
 same for a shard held in memory. No timestamps are stored (track_times=False), so the same
 images give byte-identical files.
 """
@@ -285,9 +288,14 @@ def read_stats(root: str | Path) -> Stats:
 
 
 def write_manifest(root: str | Path, manifest: dict) -> None:
-    path = Path(root) / MANIFEST
+    write_text(Path(root) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file whole: temporary name, flushed to the disk, renamed into place."""
+    path = Path(path)
     tmp = tmp_name(path)
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(text)
     _fsync_rename(tmp, path)
 
 

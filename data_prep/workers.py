@@ -17,6 +17,7 @@ import os
 import queue
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -221,22 +222,24 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
     with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(q,)) as pool:
         if before_start:
             before_start()
-        def wake(_) -> None:  # a task ended: stop waiting for progress and collect it now
-            q.put(0)
+        def finished(i, _) -> None:  # in the pool's result thread: tell the loop below which task ended
+            q.put(("done", i))
 
-        pending = {i: pool.apply_async(_call, (fn, task), callback=wake, error_callback=wake)
+        pending = {i: pool.apply_async(_call, (fn, task), callback=partial(finished, i),
+                                       error_callback=partial(finished, i))
                    for i, task in enumerate(tasks)}
         while pending:
             try:
-                update(q.get(timeout=1.0))
-                while True:
-                    update(q.get_nowait())
+                message = q.get(timeout=1.0)  # a worker's progress count, or ("done", task index)
             except queue.Empty:
-                pass
-            for i in [i for i, r in pending.items() if r.ready()]:
+                continue
+            if isinstance(message, tuple):
+                i = message[1]
                 results[i] = pending.pop(i).get()  # re-raises a worker's exception here
                 if on_result:
                     on_result(results[i])
+            else:
+                update(message)
         try:
             while True:
                 update(q.get_nowait())

@@ -277,3 +277,26 @@ def test_resize_crop_is_resize_then_crop_for_many_shapes():
         assert_as_resize_then_crop(images.resize_crop(im), direct[top:top + 256, left:left + 256], (w, h))
     im = Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))  # square: no box, exact
     assert np.array_equal(images.resize_crop(im), np.asarray(resize_two_pass(im, (256, 256))))
+
+
+def _square_reporting(task, report):
+    if task == "boom":
+        raise ValueError("task failed")
+    report(1)
+    return task * task
+
+
+def test_parallel_map_keeps_task_order_relays_progress_and_reraises(capsys):
+    from data_prep.workers import parallel_map
+
+    class Count:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    seen, count = [], Count()
+    assert parallel_map(_square_reporting, list(range(7)), 2, count, seen.append) == [i * i for i in range(7)]
+    assert sorted(seen) == [i * i for i in range(7)] and count.n == 7
+    with pytest.raises(ValueError, match="task failed"):
+        parallel_map(_square_reporting, [1, "boom", 2], 2)
