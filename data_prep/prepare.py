@@ -147,7 +147,7 @@ def prepare(opts: Options, stream=None) -> Summary:
     say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes: "
         f"{len(tasks)} shards of up to {opts.shard_size} images"
         + (f"; {len(cat.rejects)} archive members unusable (see {REJECTS})" if cat.rejects else ""))
-    if cat.patched:
+    if any(cat.patched.values()):
         say("read from patch_images.tar (the official replacements for blank images): "
             + ", ".join(f"{s} {n:,}" for s, n in cat.patched.items()))
     with _lock(out):

@@ -11,6 +11,11 @@ Labels (PAPER.md "Data"): classes are the devkit's leaf synsets (num_children ==
 their position in the sorted list of WordNet ids. Validation (and ILSVRC-2010 test) labels come
 from the ground-truth files, one ILSVRC id per image in file-name order, mapped to WordNet ids
 through meta.mat; ILSVRC ids are not in sorted-WNID order.
+
+ILSVRC-2010 ships patch_images.tar, the official replacements for images that are blank or show an
+"image not available" banner in its archives: an image it replaces is read from it instead (same
+name, label and split). It is required beside the 2010 archives and used if present beside an
+extracted 2010 tree (otherwise the tree must already hold the patched images).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import io
 import os
 import re
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,12 +107,14 @@ def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0, progre
     layout = find_layout(root, year)
     tick = progress.update if progress is not None else (lambda n: None)
     cat = _from_archives(root, year, tick) if layout == "archives" else _from_tree(root, year, tick)
+    patches = root / ARCHIVES[year]["patches"] if "patches" in ARCHIVES[year] else None
+    if patches is not None and patches.is_file():  # beside the archives: required (find_layout); beside a tree: used if there
+        apply_patches(cat, patches)
     if limit_per_class:
         for split, items in cat.splits.items():
             cat.splits[split] = _limit(items, limit_per_class)
-    if layout == "archives" and "patches" in ARCHIVES[year]:
-        patch_path = str(root / ARCHIVES[year]["patches"])
-        cat.patched = {split: sum(it.path == patch_path for it in items) for split, items in cat.splits.items()}
+    if patches is not None and patches.is_file():
+        cat.patched = {split: sum(it.path == str(patches) for it in items) for split, items in cat.splits.items()}
     return cat
 
 
@@ -148,13 +155,12 @@ def _from_archives(root: Path, year: int, tick) -> Catalog:
     classes = devkit.classes()
     cat = Catalog(year, "archives", root, classes, {},
                   sources=[root / n for n in names.values()])
-    patches = index_patches(root / names["patches"], cat.rejects) if "patches" in names else {}
-    cat.splits["train"] = index_train_archive(root / names["train"], classes, cat.rejects, tick, patches)
+    cat.splits["train"] = index_train_archive(root / names["train"], classes, cat.rejects, tick)
     cat.splits["val"] = index_eval_archive(root / names["val"], "val", year, devkit.val_ground_truth,
-                                           devkit, cat.rejects, patches)
+                                           devkit, cat.rejects)
     if year == 2010:
         cat.splits["test"] = index_eval_archive(root / names["test"], "test", year,
-                                                devkit.test_ground_truth, devkit, cat.rejects, patches)
+                                                devkit.test_ground_truth, devkit, cat.rejects)
     return cat
 
 
@@ -308,25 +314,46 @@ def _usable(m: tarfile.TarInfo, split: str, rejects: list[Reject], where: str, e
     return True
 
 
-def index_patches(path: Path, rejects: list[Reject]) -> dict[tuple[str, str], tuple[str, int, int]]:
+def index_patches(path: Path) -> dict[tuple[str, str], tuple[str, int, int]]:
     """ILSVRC-2010's patch_images.tar: (split, file name) -> (path, offset, size) of the replacement.
     A member's split is the folder right above it (.../train/n01440764_123.JPEG, .../val/..., .../test/...)."""
     patches = {}
     with _open_tar(path) as tar:
         for m in _members(tar, path):
-            if not _usable(m, "patches", rejects, ""):
+            problem = member_problem(m)
+            if problem == "directory" or (problem is None and not m.name.upper().endswith(".JPEG")):
                 continue
             parts = m.name.split("/")
-            if len(parts) >= 2 and parts[-2] in ("train", "val", "test"):
-                patches[(parts[-2], parts[-1])] = (str(path), m.offset_data, m.size)
+            if problem is None and (len(parts) < 2 or parts[-2] not in ("train", "val", "test")):
+                problem = "not <train|val|test>/<file name>"
+            if problem:
+                raise UserError(f"{path}: member {m.name!r}: {problem}; is it ILSVRC-2010's patch archive?")
+            patches[(parts[-2], parts[-1])] = (str(path), m.offset_data, m.size)
     return patches
 
 
-def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject], tick=lambda n: None,
-                        patches: dict | None = None) -> list[Item]:
-    """ILSVRC*_img_train.tar: one <wnid>.tar per class, each holding that class's JPEGs (an image
-    with an entry in `patches` (index_patches) is read from there instead)."""
-    patches = patches or {}
+def apply_patches(cat: Catalog, path: Path) -> None:
+    """Read each image that patch_images.tar replaces from there (same name, label and split).
+    Every replacement must find its image: otherwise the archives are not the ones it patches."""
+    patches = index_patches(path)
+    used = set()
+    for split, items in cat.splits.items():
+        for k, it in enumerate(items):
+            key = (split, it.name.rsplit("/", 1)[-1])
+            if key in patches:
+                p, offset, size = patches[key]
+                items[k] = replace(it, path=p, offset=offset, size=size)
+                used.add(key)
+    unused = sorted(set(patches) - used)
+    if unused:
+        raise UserError(f"{path}: {len(unused)} of its {len(patches)} replacement images match no image of "
+                        f"the {cat.year} data (e.g. {'/'.join(unused[0])})")
+    if path not in cat.sources:
+        cat.sources.append(path)
+
+
+def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reject], tick=lambda n: None) -> list[Item]:
+    """ILSVRC*_img_train.tar: one <wnid>.tar per class, each holding that class's JPEGs."""
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
     items = []
     spath = str(path)
@@ -345,9 +372,8 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
                 with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
                     for im in inner:
                         if _usable(im, "train", rejects, f"{m.name}/", end=m.size):
-                            where = patches.get(("train", im.name.rsplit("/", 1)[-1]))
-                            where = where or (spath, m.offset_data + im.offset_data, im.size)
-                            items.append(Item(im.name, label, cls.ilsvrc_id, *where))
+                            items.append(Item(im.name, label, cls.ilsvrc_id, spath,
+                                              m.offset_data + im.offset_data, im.size))
             except tarfile.TarError as e:
                 cut = len(rejects) > n_rejects and rejects[-1].reason.startswith("cut short")
                 if not cut:  # (a cut member already says why nothing follows it)
@@ -357,17 +383,14 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
 
 
 def index_eval_archive(path: Path, split: str, year: int, truth: list[int], devkit: Devkit,
-                       rejects: list[Reject], patches: dict | None = None) -> list[Item]:
-    """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder); an image with an
-    entry in `patches` (index_patches) is read from there instead."""
-    patches = patches or {}
+                       rejects: list[Reject]) -> list[Item]:
+    """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder)."""
     entries = []
     spath = str(path)
     with _open_tar(path) as tar:
         for m in _members(tar, path):
             if _usable(m, split, rejects, ""):
-                name = m.name.rsplit("/", 1)[-1]
-                entries.append((name, *(patches.get((split, name)) or (spath, m.offset_data, m.size))))
+                entries.append((m.name.rsplit("/", 1)[-1], spath, m.offset_data, m.size))
     return _label_eval(entries, split, year, truth, devkit, path.name, rejects)
 
 

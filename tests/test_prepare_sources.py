@@ -111,13 +111,51 @@ def test_ilsvrc2010_train_val_and_test_with_the_patch_images(tmp_path):
     assert [c["ilsvrc_id"] for c in manifest["classes"]] == [d.ilsvrc_ids[w] for w in leaves]
 
 
-def test_ilsvrc2010_needs_the_patch_images(tmp_path):
+def small_2010(root, patches=None):
     rng = np.random.default_rng(5)
     train, val, test, words = fake.random_dataset(rng, 2, 1, 1, size=(60, 50), test_per_class=1)
-    d = fake.write_ilsvrc2010(tmp_path, train, val, test, words)
+    return fake.write_ilsvrc2010(root, train, val, test, words, patches), train
+
+
+def test_ilsvrc2010_needs_the_patch_images(tmp_path):
+    d, _ = small_2010(tmp_path)
     d.files["patches"].unlink()
     with pytest.raises(UserError, match="missing archive .*patch_images.tar"):
         sources.catalog(tmp_path, 2010)
+
+
+@pytest.mark.parametrize("patches, message", [
+    ({"val": [("ILSVRC2010_val_00000099.JPEG", b"x")]}, "1 of its 1 replacement images match no image"),
+    ({"other": [("ILSVRC2010_val_00000001.JPEG", b"x")]}, "not <train|val|test>/<file name>")])
+def test_a_patch_archive_that_does_not_fit_the_archives_is_refused(tmp_path, patches, message):
+    small_2010(tmp_path, patches)
+    with pytest.raises(UserError, match=message):
+        sources.catalog(tmp_path, 2010)
+
+
+def test_an_extracted_2010_tree_uses_the_patch_images_beside_it(tmp_path):
+    src, tree = tmp_path / "src", tmp_path / "tree"
+    d, train = small_2010(src, {"test": [("ILSVRC2010_test_00000002.JPEG", b"new")]})
+    (tree / "train").mkdir(parents=True)
+    with tarfile.open(d.files["train"]) as outer:
+        for m in outer:
+            with tarfile.open(fileobj=outer.extractfile(m)) as inner:
+                inner.extractall(tree / "train" / m.name[:-4], filter="data")
+    for split in ("val", "test"):
+        with tarfile.open(d.files[split]) as t:
+            t.extractall(tree, filter="data")
+    for key in ("devkit", "test_ground_truth"):
+        (tree / d.files[key].name).write_bytes(d.files[key].read_bytes())
+    assert sources.catalog(tree, 2010).patched == {}  # no patch archive beside the tree: none applied
+    (tree / "patch_images.tar").write_bytes(d.files["patches"].read_bytes())
+    cat = sources.catalog(tree, 2010)
+    assert cat.patched == {"train": 0, "val": 0, "test": 1}
+    it = cat.splits["test"][1]
+    assert it.name == "ILSVRC2010_test_00000002.JPEG" and it.path == str(tree / "patch_images.tar")
+    with open(it.path, "rb") as f:
+        f.seek(it.offset)
+        assert f.read(it.size) == b"new"
+    assert tree / "patch_images.tar" in cat.sources
 
 
 def test_the_wrong_year_is_named(data, tmp_path):
