@@ -102,7 +102,7 @@ class ShardWriter:
 
     `capacity` is the number of images planned. A contiguous dataset cannot shrink, so if fewer
     are appended (some images rejected), close() copies them into a file of the exact size.
-    
+
     durable=False skips the fsync before the rename (the file is still renamed only once complete):
     prepare's workers leave it to the parent process, so that they never wait for the disk.
     """

@@ -107,13 +107,14 @@ def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0, progre
     layout = find_layout(root, year)
     tick = progress.update if progress is not None else (lambda n: None)
     cat = _from_archives(root, year, tick) if layout == "archives" else _from_tree(root, year, tick)
-    patches = root / ARCHIVES[year]["patches"] if "patches" in ARCHIVES[year] else None
-    if patches is not None and patches.is_file():  # beside the archives: required (find_layout); beside a tree: used if there
+    patches = root / ARCHIVES[year].get("patches", "")
+    patched = "patches" in ARCHIVES[year] and patches.is_file()  # required beside archives (find_layout)
+    if patched:
         apply_patches(cat, patches)
     if limit_per_class:
         for split, items in cat.splits.items():
             cat.splits[split] = _limit(items, limit_per_class)
-    if patches is not None and patches.is_file():
+    if patched:
         cat.patched = {split: sum(it.path == str(patches) for it in items) for split, items in cat.splits.items()}
     return cat
 

@@ -222,6 +222,7 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
     with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(q,)) as pool:
         if before_start:
             before_start()
+
         def finished(i, _) -> None:  # in the pool's result thread: tell the loop below which task ended
             q.put(("done", i))
 
