@@ -135,7 +135,7 @@ def prepare(opts: Options, stream=None) -> Summary:
         raise UserError("--shard-size must be at least 1")
     say(f"indexing {opts.source} (ILSVRC-{opts.year}): reading the devkit and the archives' headers")
     with _progress(None, opts, stream, desc="index", unit="classes") as bar:
-        cat = sources.catalog(opts.source, opts.year, opts.limit_per_class, bar)
+        cat = sources.catalog(opts.source, opts.year, opts.limit_per_class, bar, _pool_runner(opts.workers))
     if not cat.splits.get("train"):
         raise UserError(f"{opts.source}: no training images found")
     out = Path(opts.out)
@@ -188,6 +188,13 @@ def prepare(opts: Options, stream=None) -> Summary:
     say(f"{summary.built:,} images decoded in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s, "
         f"{opts.workers} workers)")
     return summary
+
+
+def _pool_runner(workers: int):
+    """run(fn, tasks, on_result) on `workers` processes, for sources.catalog."""
+    def run(fn, tasks, on_result):
+        return parallel_map(fn, tasks, workers, on_result=on_result)
+    return run
 
 
 def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, stream):

@@ -193,19 +193,25 @@ def test_a_cut_short_archive_is_a_clear_error(data, tmp_path):
         sources.catalog(tmp_path, 2012)
 
 
-def test_a_cut_short_class_archive_rejects_its_cut_member(data, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])  # class archives indexed here, or on a pool (as prepare does)
+def test_a_cut_short_or_broken_class_archive_rejects_what_it_cannot_read(data, tmp_path, workers):
     train, val, words = data
     d = fake.write_ilsvrc2012(tmp_path, train, val, words)
-    w = sorted(train)[0]
+    w, broken, *rest = sorted(train)
     inner = fake.tar_bytes(train[w])
     with tarfile.open(fileobj=io.BytesIO(inner)) as t:
         cut = t.getmembers()[-1]
     inner = inner[:cut.offset_data + 10]
-    others = [(f"{x}.tar", fake.tar_bytes(train[x])) for x in sorted(train)[1:]]
-    d.files["train"].write_bytes(fake.tar_bytes([(f"{w}.tar", inner)] + others))
-    cat = sources.catalog(tmp_path, 2012)
-    assert [r.name for r in cat.rejects] == [f"{w}.tar/{cut.name}"] and "cut short" in cat.rejects[0].reason
-    assert len(cat.splits["train"]) == sum(len(v) for v in train.values()) - 1
+    others = [(f"{x}.tar", fake.tar_bytes(train[x])) for x in rest]
+    d.files["train"].write_bytes(fake.tar_bytes([(f"{w}.tar", inner), (f"{broken}.tar", b"not a tar" * 100)] + others))
+    cat = sources.catalog(tmp_path, 2012, run=prepare._pool_runner(workers) if workers else None)
+    assert [r.name for r in cat.rejects] == [f"{w}.tar/{cut.name}", f"{broken}.tar"]
+    assert "cut short" in cat.rejects[0].reason and "unreadable" in cat.rejects[1].reason
+    assert len(cat.splits["train"]) == sum(len(train[x]) for x in [w] + rest) - 1
+    with open(d.files["train"], "rb") as f:  # each item's byte range holds that very image
+        for it in cat.splits["train"]:
+            f.seek(it.offset)
+            assert f.read(it.size) == dict(train[sorted(train)[it.label]])[it.name]
 
 
 # ------------------------------------------------------------------------- fake writer
