@@ -244,11 +244,14 @@ def read_strings(path: str | Path, name: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in f[name][:]]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read into one reused buffer (no new memory to fault in per block)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
