@@ -19,8 +19,8 @@ from data_prep import fake_ilsvrc as fake
 from data_prep import prepare, shards
 from data_prep.shards import ShardWriter
 from data_prep.verify import verify
-from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 from repro import cli
+from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 
 SHARD = 5  # small shards, so that every split has several
 
@@ -124,7 +124,7 @@ def reference(data: bytes) -> np.ndarray:
     return a[top:top + 256, left:left + 256]
 
 
-def test_pixels_equal_a_direct_resize_and_crop(ds, prepared):
+def test_pixels_match_a_direct_resize_and_crop(ds, prepared):
     data, train, val, _ = ds
     originals = {name: b for files in train.values() for name, b in files}
     originals.update(zip(data.val_names, (b for _, b in val)))

@@ -12,8 +12,8 @@ import scipy.io
 from data_prep import fake_ilsvrc as fake
 from data_prep import images, prepare, shards, sources
 from data_prep.stats import Moments
-from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 from repro.errors import UserError
+from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 
 
 def run(src, out, **kw):
