@@ -241,6 +241,8 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
                     on_result(results[i])
             else:
                 update(message)
+        pool.close()
+        pool.join()  # the workers exit, flushing the progress they still hold
         try:
             while True:
                 update(q.get_nowait())
