@@ -295,13 +295,28 @@ def _members(tar: tarfile.TarFile, path: Path):
         except tarfile.TarError as e:
             raise UserError(f"{path} is unreadable after {last.name if last else 'its start'!r} ({e}): "
                             f"an incomplete download? Download it again") from None
-        if m is None:
+        if m is None:  # tarfile also stops, silently, at a damaged header: what follows must be zeros
+            if not _zeros(tar.fileobj.fileno(), tar.offset, size):
+                raise UserError(f"{path} is unreadable after {last.name if last else 'its start'!r} (a damaged "
+                                f"header): an incomplete or damaged download? Download it again")
             return
         if m.offset_data + m.size > size:
             raise UserError(f"{path} is cut short (it ends inside {m.name!r}): an incomplete download? "
                             f"Download it again")
         last = m
         yield m
+
+
+def _zeros(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of a file are all zero (a tar's end: zero blocks and padding)."""
+    while start < end:
+        block = os.pread(fd, min(1 << 20, end - start), start)
+        if not block:
+            return True
+        if block.count(0) != len(block):
+            return False
+        start += len(block)
+    return True
 
 
 def _usable(m: tarfile.TarInfo, split: str, rejects: list[Reject], where: str, end: int | None = None) -> bool:
@@ -346,7 +361,8 @@ def apply_patches(cat: Catalog, path: Path) -> None:
                 p, offset, size = patches[key]
                 items[k] = replace(it, path=p, offset=offset, size=size)
                 used.add(key)
-    unused = sorted(set(patches) - used)
+    rejected = {(r.split, r.name.rsplit("/", 1)[-1]) for r in cat.rejects}  # listed as such already
+    unused = sorted(set(patches) - used - rejected)
     if unused:
         raise UserError(f"{path}: {len(unused)} of its {len(patches)} replacement images match no image of "
                         f"the {cat.year} data (e.g. {'/'.join(unused[0])})")
@@ -410,6 +426,10 @@ def index_class_archive(task: ClassArchive, report=None) -> tuple[list[Item], li
                     if _usable(im, "train", rejects, f"{task.name}/", end=task.size):
                         items.append(Item(im.name, task.label, task.ilsvrc_id, task.path,
                                           task.offset + im.offset_data, im.size))
+                stop = inner.offset  # where tarfile stopped: at the end, or silently at a damaged header
+            if stop < task.size and not _zeros(f.fileno(), task.offset + stop, task.offset + task.size):
+                rejects.append(Reject("train", task.name, f"class archive unreadable after byte {stop} (a damaged "
+                                      f"header): the rest of it is not read"))
         except tarfile.TarError as e:
             if not (rejects and rejects[-1].reason.startswith("cut short")):  # (that one says why nothing follows)
                 rejects.append(Reject("train", task.name, f"class archive unreadable from here on: {e}"))

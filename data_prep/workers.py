@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -241,8 +242,14 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
                     on_result(results[i])
             else:
                 update(message)
-        pool.close()
-        pool.join()  # the workers exit, flushing the progress they still hold
+        pool.close()  # let the workers exit, which flushes the progress they still hold; keep
+        joiner = threading.Thread(target=pool.join, daemon=True)  # reading meanwhile, or a worker
+        joiner.start()  # with more progress than the pipe holds would wait for us forever
+        while joiner.is_alive():
+            try:
+                update(q.get(timeout=0.05))
+            except queue.Empty:
+                pass
         try:
             while True:
                 update(q.get_nowait())

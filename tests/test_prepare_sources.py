@@ -133,6 +133,16 @@ def test_a_patch_archive_that_does_not_fit_the_archives_is_refused(tmp_path, pat
         sources.catalog(tmp_path, 2010)
 
 
+def test_a_patch_for_an_image_already_rejected_is_not_an_error(tmp_path):
+    (tmp_path / "patch_images.tar").write_bytes(fake.tar_bytes([("patch_images/train/n1_1.JPEG", b"x")]))
+    cat = sources.Catalog(2010, "archives", tmp_path, [], {"train": []},
+                          rejects=[sources.Reject("train", "n1.tar/n1_1.JPEG", "not a regular file")])
+    sources.apply_patches(cat, tmp_path / "patch_images.tar")  # the reject already says why it is missing
+    cat.rejects.clear()
+    with pytest.raises(UserError, match="match no image"):
+        sources.apply_patches(cat, tmp_path / "patch_images.tar")
+
+
 def test_an_extracted_2010_tree_uses_the_patch_images_beside_it(tmp_path):
     src, tree = tmp_path / "src", tmp_path / "tree"
     d, train = small_2010(src, {"test": [("ILSVRC2010_test_00000002.JPEG", b"new")]})
@@ -212,6 +222,34 @@ def test_a_cut_short_or_broken_class_archive_rejects_what_it_cannot_read(data, t
         for it in cat.splits["train"]:
             f.seek(it.offset)
             assert f.read(it.size) == dict(train[sorted(train)[it.label]])[it.name]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_header_inside_a_class_archive_is_a_reject_not_a_silent_stop(data, tmp_path, workers):
+    train, val, words = data
+    d = fake.write_ilsvrc2012(tmp_path, train, val, words)
+    w, *rest = sorted(train)
+    inner = bytearray(fake.tar_bytes(train[w]))
+    with tarfile.open(fileobj=io.BytesIO(bytes(inner))) as t:
+        second = t.getmembers()[1]
+    inner[second.offset:second.offset + 512] = b"x" * 512  # tarfile would just stop iterating here
+    others = [(f"{x}.tar", fake.tar_bytes(train[x])) for x in rest]
+    d.files["train"].write_bytes(fake.tar_bytes([(f"{w}.tar", bytes(inner))] + others))
+    cat = sources.catalog(tmp_path, 2012, run=prepare._pool_runner(workers) if workers else None)
+    assert [r.name for r in cat.rejects] == [f"{w}.tar"] and "damaged header" in cat.rejects[0].reason
+    assert [it.name for it in cat.splits["train"] if it.label == 0] == [train[w][0][0]]
+
+
+def test_a_damaged_header_in_an_archive_is_a_clear_error(data, tmp_path):
+    train, val, words = data
+    d = fake.write_ilsvrc2012(tmp_path, train, val, words)
+    raw = bytearray(d.files["val"].read_bytes())
+    with tarfile.open(d.files["val"]) as t:
+        third = t.getmembers()[2]
+    raw[third.offset:third.offset + 512] = b"x" * 512
+    d.files["val"].write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="unreadable after .*damaged header"):
+        sources.catalog(tmp_path, 2012)
 
 
 # ------------------------------------------------------------------------- fake writer
