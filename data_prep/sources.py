@@ -287,7 +287,7 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 
 
 def _members(tar: tarfile.TarFile, path: Path):
-    """The members of an archive read in place; a cut-short archive is a clear error."""
+    """The members of an archive read in place; a cut-short or damaged archive is a clear error."""
     size, last = path.stat().st_size, None
     while True:
         try:
