@@ -16,7 +16,6 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -194,12 +193,17 @@ def _init_worker(q) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
 
 
-def _report(n: int) -> None:
-    _progress_queue.put(n)
-
-
 def _call(fn, task):
-    return fn(task, _report)
+    """fn(task, report) in a worker; returns its result and the progress it reported in all, so
+    that the parent knows how much is still on its way (the queue's thread sends it later)."""
+    sent = 0
+
+    def report(n: int) -> None:
+        nonlocal sent
+        sent += n
+        _progress_queue.put(n)
+
+    return fn(task, report), sent
 
 
 def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, before_start=None):
@@ -230,30 +234,22 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
         pending = {i: pool.apply_async(_call, (fn, task), callback=partial(finished, i),
                                        error_callback=partial(finished, i))
                    for i, task in enumerate(tasks)}
-        while pending:
+        sent = received = 0
+        while pending or received < sent:  # until every result and every progress report is in
             try:
                 message = q.get(timeout=1.0)  # a worker's progress count, or ("done", task index)
             except queue.Empty:
+                if not pending:
+                    break  # a worker gone before sending its last report: the count stays short
                 continue
             if isinstance(message, tuple):
                 i = message[1]
-                results[i] = pending.pop(i).get()  # re-raises a worker's exception here
+                results[i], n = pending.pop(i).get()  # re-raises a worker's exception here
+                sent += n
                 if on_result:
                     on_result(results[i])
             else:
+                received += message
                 update(message)
-        pool.close()  # let the workers exit, which flushes the progress they still hold; keep
-        joiner = threading.Thread(target=pool.join, daemon=True)  # reading meanwhile, or a worker
-        joiner.start()  # with more progress than the pipe holds would wait for us forever
-        while joiner.is_alive():
-            try:
-                update(q.get(timeout=0.05))
-            except queue.Empty:
-                pass
-        try:
-            while True:
-                update(q.get_nowait())
-        except queue.Empty:
-            pass
     return results
 
