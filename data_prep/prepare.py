@@ -190,10 +190,11 @@ def prepare(opts: Options, stream=None) -> Summary:
     return summary
 
 
-def _pool_runner(workers: int):
-    """run(fn, tasks, on_result) on `workers` processes, for sources.catalog."""
+def _pool_runner(workers: int, min_tasks: int = 64):
+    """run(fn, tasks, on_result) on `workers` processes, for sources.catalog; in this process when
+    there are fewer than `min_tasks` tasks (starting a pool costs more than a few class archives)."""
     def run(fn, tasks, on_result):
-        return parallel_map(fn, tasks, workers, on_result=on_result)
+        return parallel_map(fn, tasks, workers if len(tasks) >= min_tasks else 1, on_result=on_result)
     return run
 
 

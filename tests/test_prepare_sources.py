@@ -214,7 +214,7 @@ def test_a_cut_short_or_broken_class_archive_rejects_what_it_cannot_read(data, t
     inner = inner[:cut.offset_data + 10]
     others = [(f"{x}.tar", fake.tar_bytes(train[x])) for x in rest]
     d.files["train"].write_bytes(fake.tar_bytes([(f"{w}.tar", inner), (f"{broken}.tar", b"not a tar" * 100)] + others))
-    cat = sources.catalog(tmp_path, 2012, run=prepare._pool_runner(workers) if workers else None)
+    cat = sources.catalog(tmp_path, 2012, run=prepare._pool_runner(workers, min_tasks=1) if workers else None)
     assert [r.name for r in cat.rejects] == [f"{w}.tar/{cut.name}", f"{broken}.tar"]
     assert "cut short" in cat.rejects[0].reason and "unreadable" in cat.rejects[1].reason
     assert len(cat.splits["train"]) == sum(len(train[x]) for x in [w] + rest) - 1
@@ -235,7 +235,7 @@ def test_a_damaged_header_inside_a_class_archive_is_a_reject_not_a_silent_stop(d
     inner[second.offset:second.offset + 512] = b"x" * 512  # tarfile would just stop iterating here
     others = [(f"{x}.tar", fake.tar_bytes(train[x])) for x in rest]
     d.files["train"].write_bytes(fake.tar_bytes([(f"{w}.tar", bytes(inner))] + others))
-    cat = sources.catalog(tmp_path, 2012, run=prepare._pool_runner(workers) if workers else None)
+    cat = sources.catalog(tmp_path, 2012, run=prepare._pool_runner(workers, min_tasks=1) if workers else None)
     assert [r.name for r in cat.rejects] == [f"{w}.tar"] and "damaged header" in cat.rejects[0].reason
     assert [it.name for it in cat.splits["train"] if it.label == 0] == [train[w][0][0]]
 
