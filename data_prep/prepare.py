@@ -410,9 +410,7 @@ class _SourceHasher:
                     hit = cache[key] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
                                         "sha256": shards.file_sha256(p)}
                 out.append({"name": p.name, "bytes": st.st_size, "sha256": hit["sha256"], "hash_of": "content"})
-            tmp = shards.tmp_name(cache_path)
-            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-            os.replace(tmp, cache_path)
+            shards.write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
             self._result = out
         except BaseException as e:  # re-raised in the main thread by result()
             self._error = e

@@ -108,14 +108,14 @@ def catalog(root: str | Path, year: int = 2012, limit_per_class: int = 0, progre
     layout = find_layout(root, year)
     tick = progress.update if progress is not None else (lambda n: None)
     cat = _from_archives(root, year, tick, run) if layout == "archives" else _from_tree(root, year, tick)
-    patches = root / ARCHIVES[year].get("patches", "")
-    patched = "patches" in ARCHIVES[year] and patches.is_file()  # required beside archives (find_layout)
-    if patched:
+    name = ARCHIVES[year].get("patches")  # required beside the archives (find_layout), optional beside a tree
+    patches = root / name if name and (root / name).is_file() else None
+    if patches:
         apply_patches(cat, patches)
     if limit_per_class:
         for split, items in cat.splits.items():
             cat.splits[split] = _limit(items, limit_per_class)
-    if patched:
+    if patches:
         cat.patched = {split: sum(it.path == str(patches) for it in items) for split, items in cat.splits.items()}
     return cat
 
