@@ -11,8 +11,10 @@ shows the effect on a whole step). Rearranged, the same sum is an ordinary convo
 
 For conv1: [B, 3, 228, 228] -> [B, 48, 57, 57], kernels [96, 3, 11, 11] -> [96, 48, 3, 3]
 (12 x 12 with one row and column of zeros). Only the backward pass uses it: the forward is
-the plain F.conv2d, so logits are bit-identical to the reference; the weight gradient is the
-same sum of products in another order (equal within float32 rounding; tests/test_conv1.py).
+the plain F.conv2d (without padding, the very call nn.Conv2d makes, so bit-identical; with
+padding the input is padded first, which may select another kernel: equal within float32
+rounding), and the weight gradient is the same sum of products in another order (equal within
+float32 rounding; tests/test_conv1.py states the bound).
 """
 from __future__ import annotations
 
@@ -107,9 +109,9 @@ class StridedConv2d(torch.nn.Conv2d):
 
     def _conv_forward(self, x, weight, bias):
         p, s = self.padding[0], self.stride[0]
-        if p:
-            x = F.pad(x, (p, p, p, p))
         if (not torch.is_grad_enabled() or not (weight.requires_grad or x.requires_grad)
                 or x.device.type != "cpu"):  # evaluation; or a GPU, whose own routine is fine
-            return F.conv2d(x, weight, bias, s)
+            return F.conv2d(x, weight, bias, s, p)  # exactly nn.Conv2d's call
+        if p:
+            x = F.pad(x, (p, p, p, p))
         return _StridedConv.apply(x, weight, bias, s)

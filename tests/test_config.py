@@ -1,5 +1,4 @@
 """Configs are data: every paper config loads; a bad one fails with one line naming file and key."""
-from pathlib import Path
 
 import pytest
 

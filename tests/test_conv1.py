@@ -4,10 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from repro.conv1 import StridedConv2d, kernels_from_depth, kernels_to_depth, space_to_depth, weight_grad
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from tests.tolerance import assert_sums_close
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -48,10 +45,21 @@ def test_weight_grad_equals_torch(shape):
     torch.testing.assert_close(got_b, want_b, rtol=1e-12, atol=1e-12)
 
 
+def conv_magnitudes(x, w, b, gy, stride, padding):
+    """sum |terms| of every output, input-gradient, weight-gradient and bias-gradient element of
+    y = conv2d(x, w, b): the same convolution (and its gradients) on absolute values, in float64."""
+    xa, wa, ba = (t.detach().double().abs().requires_grad_() for t in (x, w, b))
+    ya = F.conv2d(xa, wa, ba, stride=stride, padding=padding)
+    return (ya, *torch.autograd.grad(ya, (xa, wa, ba), gy.double().abs()))
+
+
 @pytest.mark.parametrize("padding", [0, 2])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_strided_conv_equals_the_module_in_float32(padding, layout):
-    """conv1 as the model uses it: forward identical, gradients within float32 rounding."""
+    """conv1 as the model uses it, against nn.Conv2d: forward and gradients within float32 rounding
+    (tests/tolerance.py, rule 1). Without padding the forward runs the very same convolution, so it
+    is bit-identical; with padding it pads first and convolves an unpadded input, a problem of
+    another shape for which the library may pick another kernel (it does on AVX2-only CPUs)."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 48, 11, stride=4, padding=padding)
     fast = StridedConv2d(3, 48, 11, stride=4, padding=padding)
@@ -63,11 +71,18 @@ def test_strided_conv_equals_the_module_in_float32(padding, layout):
     ref = conv(x)
     out = fast(x)
     assert "StridedConv" in type(out.grad_fn).__name__  # the space-to-depth backward
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
     gy = torch.randn_like(ref)
+    mags = conv_magnitudes(x, conv.weight, conv.bias, gy, 4, padding)
+    if padding == 0:
+        assert torch.equal(out, ref)
+    # terms per element: output 3*11*11 products + bias; input gradient at most 48*11*11 taps;
+    # weight and bias gradients one term per batch element and output position
+    batch_terms = ref.shape[0] * ref.shape[2] * ref.shape[3]
+    terms = (3 * 11 * 11 + 1, 48 * 11 * 11, batch_terms, batch_terms)
+    assert_sums_close(out, ref, mags[0], terms[0], "output")
     want = torch.autograd.grad(ref, (x, conv.weight, conv.bias), gy)
     got = torch.autograd.grad(out, (x, fast.weight, fast.bias), gy)
-    for name, a, b in zip(("input", "weight", "bias"), got, want):
-        assert rel_err(a, b) < 1e-5, name
-    with torch.no_grad():  # evaluation takes the plain path
-        torch.testing.assert_close(fast(x), ref, rtol=0, atol=0)
+    for name, a, b, mag, n in zip(("input", "weight", "bias"), got, want, mags[1:], terms[1:]):
+        assert_sums_close(a, b, mag, n, f"{name} gradient")
+    with torch.no_grad():  # evaluation takes the plain path: F.conv2d with the module's padding
+        assert torch.equal(fast(x), ref)

@@ -20,6 +20,7 @@ from repro.predict import prepare_image
 from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 from tests.tiny_data import SIGNAL, small_config
 from tests.tiny_data import small_config as _small_config
+from tests.tolerance import FLOAT32_NET_TOL, rel_err, softmax_atol
 
 CROP = 224
 
@@ -43,6 +44,13 @@ def explicit_views(image: np.ndarray, mean: np.ndarray):
 def explicit_ten_view(model, images: np.ndarray, mean: np.ndarray) -> torch.Tensor:
     """Mean over the ten explicit views of the softmax of each, per image: (N, C)."""
     return torch.stack([F.softmax(model(explicit_views(im, mean)), dim=1).mean(0) for im in images])
+
+
+@torch.no_grad()
+def views_atol(model, images: np.ndarray, mean: np.ndarray) -> float:
+    """softmax_atol of the model's logits over the explicit views of these images: the tolerance
+    for probabilities computed by other kernels (other batch compositions, layouts)."""
+    return softmax_atol(torch.cat([model(explicit_views(im, mean)) for im in images]))
 
 
 def val_images(root) -> np.ndarray:
@@ -87,10 +95,11 @@ def test_ten_view_is_the_mean_of_softmax_over_the_ten_explicit_crops(tiny_run, t
     both, labels = evaluate.predict_views(model, tiny_shards, "val", "both", 5, 0, normalizer)
     ten = evaluate.predict_views(model, tiny_shards, "val", "ten", 5, 0, normalizer)[0]["ten"]
     centre = evaluate.predict_views(model, tiny_shards, "val", "centre", 5, 0, normalizer)[0]["centre"]
+    atol = views_atol(model, images, mean)  # the pipeline batches views differently
     for got in (both["ten"], ten):
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(got, expected, rtol=0, atol=atol)
     for got in (both["centre"], centre):
-        torch.testing.assert_close(got, expected_centre, rtol=0, atol=1e-5)
+        torch.testing.assert_close(got, expected_centre, rtol=0, atol=atol)
     assert not torch.allclose(expected, expected_centre, atol=1e-4)  # the views do differ
     assert labels.tolist() == np.concatenate(data.open_split(tiny_shards, "val").labels).tolist()
 
@@ -118,7 +127,8 @@ def test_eval_writes_records_with_checkpoint_and_shard_hashes_and_reuses_them(ti
         assert [c["wnid"] for c in rec["per_class"]] == [c["wnid"] for c in manifest["classes"]]
         per_class = evaluate.per_class_errors(probs, labels, 4)
         assert [c["top1_error"] for c in rec["per_class"]] == pytest.approx(per_class[:, 0].tolist())
-        torch.testing.assert_close(evaluate.load_probs(run, rec), probs, rtol=0, atol=1e-5)
+        atol = views_atol(model, val_images(tiny_shards), shards.read_stats(tiny_shards).mean)
+        torch.testing.assert_close(evaluate.load_probs(run, rec), probs, rtol=0, atol=atol)  # other batch size
     stamp = (run / "eval" / "val-ten.probs.npy").stat().st_mtime_ns
     assert cli.main(["eval", str(run), "--workers", "0", "--views", "ten"]) == 0  # same checkpoint: reused
     assert (run / "eval" / "val-ten.probs.npy").stat().st_mtime_ns == stamp
@@ -139,7 +149,9 @@ def test_ensemble_averages_the_softmax_outputs_of_its_runs(tiny_shards, tmp_path
     expected = (members[0] + members[1] + members[2]) / 3
     rec = recs["ten"]
     assert rec == json.loads(evaluate.record_path(runs[0], "val", "ten", "-ensemble").read_text())
-    torch.testing.assert_close(evaluate.load_probs(runs[0], rec), expected, rtol=0, atol=1e-6)
+    atol = max(views_atol(evaluate.load_run(r)[0], val_images(tiny_shards), shards.read_stats(tiny_shards).mean)
+               for r in runs)  # the members were evaluated in batches of another size
+    torch.testing.assert_close(evaluate.load_probs(runs[0], rec), expected, rtol=0, atol=atol)
     e = evaluate.errors(expected, labels)
     assert (rec["top1_error"], rec["top5_error"], rec["loss"]) == pytest.approx((e.top1, e.top5, e.loss))
     assert [m["run"] for m in rec["ensemble"]] == ["r1", "r2", "r3"]
@@ -326,13 +338,15 @@ def test_predict_reads_any_image_and_averages_ten_views(tiny_run, tiny_shards, t
     assert cli.main(["predict", str(tiny_run), *(str(tmp_path / n) for n in files), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     model, _ = evaluate.load_run(tiny_run)
-    expected = explicit_ten_view(model, np.stack(list(prepared.values())), shards.read_stats(tiny_shards).mean)
+    mean = shards.read_stats(tiny_shards).mean
+    expected = explicit_ten_view(model, np.stack(list(prepared.values())), mean)
+    atol = views_atol(model, np.stack(list(prepared.values())), mean)  # predict batches the views otherwise
     names = data.class_names(tiny_shards)
     for result, p in zip(out, expected):
         assert len(result["top"]) == 4  # 4 classes: all of them
         top = p.topk(4)
         assert [t["class"] for t in result["top"]] == top.indices.tolist()
-        assert [t["prob"] for t in result["top"]] == pytest.approx(top.values.tolist(), abs=1e-6)
+        assert [t["prob"] for t in result["top"]] == pytest.approx(top.values.tolist(), abs=atol)
         assert [t["words"] for t in result["top"]] == [names[c][1] for c in top.indices.tolist()]
     assert cli.main(["predict", str(tiny_run), str(tmp_path / "notes.jpg")]) == 2
     assert "cannot read image" in capsys.readouterr().err
@@ -364,6 +378,8 @@ def test_export_runs_without_this_project_and_gives_the_same_logits(tiny_run, ti
     normalizer = data.make_normalizer(tiny_shards, cfg, "cpu")
     with torch.no_grad():
         logits = model(normalizer.views(crops[:, None], data.view_offsets("centre")))
-    torch.testing.assert_close(got["logits"], logits, rtol=1e-5, atol=1e-5)
-    expected = explicit_ten_view(model, images.numpy(), shards.read_stats(tiny_shards).mean)
-    torch.testing.assert_close(got["probs"], expected, rtol=0, atol=1e-5)
+    # the exported model runs the plain LRN and conv1 (other kernels): tests/tolerance.py, rule 2
+    assert rel_err(got["logits"], logits) < FLOAT32_NET_TOL
+    mean = shards.read_stats(tiny_shards).mean
+    expected = explicit_ten_view(model, images.numpy(), mean)
+    torch.testing.assert_close(got["probs"], expected, rtol=0, atol=views_atol(model, images.numpy(), mean))
