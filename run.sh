@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for the whole pipeline (see README.md):
-#   ./run.sh setup      install the project and its dependencies (into .venv unless a venv is active)
+#   ./run.sh setup      install the project and its dependencies (into .venv unless a venv is active;
+#                       PYTHON=/path/to/python3 picks the interpreter, REPRO_VENV=DIR another venv folder)
 #   ./run.sh test       the test suite (what CI runs)
 #   ./run.sh prepare | train | eval | report | predict | export | demo | bench   (python -m repro ...)
 # Every subcommand takes --help.
@@ -26,26 +27,44 @@ Run './run.sh <command> --help' for the options of each command.
 TXT
 }
 
-# The interpreter: an active venv/conda env, else the project's .venv, else python3.
+# The project's virtual environment: .venv, or another folder named by REPRO_VENV (CI keeps a
+# second one for the oldest Python it tests). PYTHON: the interpreter `setup` builds it from.
+VENV="${REPRO_VENV:-$REPO/.venv}"
+[[ "$VENV" == /* ]] || VENV="$REPO/$VENV"
+MIN_PYTHON="3.11"  # tomllib; and the oldest Python the suite runs on in CI (3.11.2)
+
+# The interpreter: an active venv/conda env, else the project's venv, else python3.
 python_bin() {
   if [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" || "${REPRO_NO_VENV:-0}" == 1 ]]; then
     command -v python3 || command -v python
-  elif [[ -x "$REPO/.venv/bin/python" ]]; then
-    echo "$REPO/.venv/bin/python"
+  elif [[ -x "$VENV/bin/python" ]]; then
+    echo "$VENV/bin/python"
   else
     command -v python3 || command -v python
   fi
 }
 
+check_python() {
+  "$1" -c "import sys; sys.exit(sys.version_info < tuple(map(int, '$MIN_PYTHON'.split('.'))))" 2>/dev/null || {
+    echo "setup: $1 is Python $("$1" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '?'); this project needs $MIN_PYTHON or newer (set PYTHON=/path/to/python3.11)" >&2
+    exit 2
+  }
+}
+
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
 setup() {
-  local py
+  local py base="${PYTHON:-python3}"
   cd "$REPO"
   if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" && "${REPRO_NO_VENV:-0}" != 1 ]]; then
-    [[ -x .venv/bin/python ]] || python3 -m venv .venv
+    if [[ ! -x "$VENV/bin/python" ]]; then
+      command -v "$base" >/dev/null || { echo "setup: no $base found: install Python $MIN_PYTHON or newer, or set PYTHON=/path/to/python3" >&2; exit 2; }
+      check_python "$base"
+      "$base" -m venv "$VENV"
+    fi
   fi
   py=$(python_bin)
+  check_python "$py"
   echo "setup: using $py ($("$py" -V 2>&1))"
   if "$py" -c 'import torch' 2>/dev/null; then
     echo "setup: torch $("$py" -c 'import torch; print(torch.__version__)') already installed"

@@ -1,8 +1,10 @@
 """Install the two packages of this project: `repro` (model, training, evaluation) and
 `data_prep` (ILSVRC archives -> HDF5 shards).
 
-torch is given as a floor only. `./run.sh setup` installs a CPU build of torch first where
-no GPU is present, so that this file never pulls a multi-GB CUDA build onto a CPU machine.
+Python 3.11 or newer: the configs are read with the standard library's tomllib (3.11+), and
+the oldest Python the test suite runs on in CI is Debian 12's 3.11.2. torch is given as a floor
+only. `./run.sh setup` installs a CPU build of torch first where no GPU is present, so that this
+file never pulls a multi-GB CUDA build onto a CPU machine.
 """
 from setuptools import find_packages, setup
 
@@ -11,7 +13,7 @@ setup(
     version="0.1.0",
     description="A faithful reproduction of Krizhevsky, Sutskever and Hinton (NIPS 2012): "
     "the two-tower AlexNet, its data pipeline, training recipe and the paper's tables.",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["repro", "repro.*", "data_prep", "data_prep.*"]),
     install_requires=[
         "torch>=2.3",
@@ -20,7 +22,6 @@ setup(
         "scipy>=1.9",
         "h5py>=3.8",
         "matplotlib>=3.6",
-        'tomli>=2.0; python_version < "3.11"',
     ],
     extras_require={"test": ["pytest>=7"], "export": ["onnx"]},
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},
