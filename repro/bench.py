@@ -20,11 +20,8 @@ Performance claims of the project come from here and nowhere else, always as suc
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -32,8 +29,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import torch
 
+from repro import machine
 from repro.errors import ArgumentParser, UserError
 
 BENCHMARKS = ("lrn", "train_step", "loader", "prepare")  # the default order
@@ -63,24 +60,6 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
                 sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def machine() -> str:
-    """One line saying what the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    parts = [f"{cpu}, {usable} of {os.cpu_count()} logical cores usable",
-             f"torch {torch.__version__} with {torch.get_num_threads()} threads"]
-    if torch.cuda.is_available():
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        parts.append("CUDA: " + ", ".join(names))
-    parts.append(datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
-    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- the runner
@@ -162,7 +141,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"unknown benchmark {', '.join(map(repr, unknown))}; "
                         f"known: {', '.join(BENCHMARKS)}")
     names = list(dict.fromkeys(args.names)) or list(BENCHMARKS)
-    header, rows, failed = machine(), [], False
+    header, rows, failed = machine.describe(), [], False
     for name in names:
         try:
             module = load(name)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from data_prep import shards
-from repro import checkpoint, data, rundir
+from repro import checkpoint, data, machine, rundir
 from repro.errors import ArgumentParser, UserError
 from repro.model import AlexNet
 from repro.parallel import OneDevice
@@ -251,7 +251,7 @@ def write_record(run_dir: Path, split: str, views: str, probs: torch.Tensor, lab
     counts = np.bincount(labels.numpy(), minlength=probs.shape[1])
     rec = {"split": split, "views": views, **errors(probs, labels).as_dict(), **about,
            "probs_file": probs_file, "evaluated": rundir.now(), "git": rundir.git_commit(),
-           "hardware": rundir.hardware(), "versions": rundir.versions(),
+           "hardware": machine.hardware(), "versions": rundir.versions(),
            "per_class": [{"index": c, "wnid": names[c][0] if c < len(names) else "",
                           "words": names[c][1] if c < len(names) else "", "images": int(counts[c]),
                           "top1_error": _num(per_class[c, 0]), "top5_error": _num(per_class[c, 1])}

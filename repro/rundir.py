@@ -12,14 +12,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from repro import machine
 from repro.config import Config, dumps_toml, load_config
 
 CONFIG, PROVENANCE, METRICS = "config.toml", "provenance.json", "metrics.jsonl"
@@ -57,20 +56,6 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
 
 
-def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {"host": socket.gethostname(), "cpu": cpu, "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpus": gpus}
-
-
 def versions() -> dict:
     import h5py
     import numpy
@@ -91,7 +76,7 @@ def write_provenance(run_dir: Path, cfg: Config, data_root: Path, extra: dict) -
     except (FileNotFoundError, KeyError, ValueError):
         data = {"root": str(data_root)}
     record = {"started": now(), "config": cfg.name, "command": sys.argv, "git": git_commit(),
-              "versions": versions(), "hardware": hardware(), "seeds": {"train": cfg.train.seed,
+              "versions": versions(), "hardware": machine.hardware(), "seeds": {"train": cfg.train.seed,
               "data": cfg.data.seed}, "data": data, **extra}
     path = run_dir / PROVENANCE
     history = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []

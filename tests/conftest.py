@@ -7,6 +7,13 @@ import pytest
 from tests.tiny_data import SIGNAL, make_tiny_shards, small_config
 
 
+def pytest_report_header(config):
+    """The first lines of every test run: what the numerical tests ran on."""
+    from repro import machine
+
+    return f"machine: {machine.describe()}"
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """A read-only tiny prepared directory: 4 classes, 40 train images in 3 uneven shards, 12 val.
