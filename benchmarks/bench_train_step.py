@@ -19,7 +19,7 @@ as this project's trainer runs it on one device, against a naive faithful baseli
   matrix products through MKL (torch.mm) and oneDNN (its matmul; a 1x1 convolution), each of
   about the work of half a step. (On this project's AMD CPU, oneDNN ran at twice MKL's rate.)
 
-Model FLOP/s counts the two-tower model's training FLOPs from the layer shapes (repro.throughput:
+Model FLOP/s counts the two-tower model's training FLOPs from the layer shapes (repro.estimate:
 2 FLOPs per multiply-add; backward = 2 x forward, conv1 without its input gradient), not the
 elementwise layers or the update. All variants run in one process, so process settings the
 trainer makes (speed.keep_freed_memory) help the baseline too. Times are medians of interleaved
@@ -38,10 +38,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from repro import throughput  # noqa: E402
+from repro import estimate  # noqa: E402
 from repro.bench import interleaved_medians  # noqa: E402
 from repro.config import Config, SpeedConfig  # noqa: E402
-from repro.cpu_memory import keep_freed_memory  # noqa: E402
+from repro.fast.memory import keep_freed_memory  # noqa: E402
 from repro.optim import PaperSGD  # noqa: E402
 from repro.parallel import OneDevice  # noqa: E402
 from repro.train import build_model  # noqa: E402
@@ -136,7 +136,7 @@ def measure(batch: int, repeats: int, with_plain: bool = True) -> list[dict]:
             torch.testing.assert_close(project.eval()(check), plain.eval()(check), rtol=1e-4, atol=1e-5)
         fns["plain"] = step_fn(plain, PaperSGD.from_config(plain, plain_cfg.optim), nchw, labels,
                                lambda: plain.reseed_dropout(1))
-    flops = throughput.train_flops(cfg.model) * batch
+    flops = estimate.train_flops(cfg.model) * batch
     mm = matmul_fns(flops / 2)
     fns.update({name: fn for name, (fn, _) in mm.items()})
     t = interleaved_medians(fns, repeats=repeats)
@@ -158,7 +158,7 @@ def measure(batch: int, repeats: int, with_plain: bool = True) -> list[dict]:
                  "baseline": matrix / 1e9, "ratio": model_rate / matrix, "repeats": repeats,
                  "what": f"model FLOP/s vs best matmul FLOP/s ({best})", "matmul_gflop_s": {
                      k: v / 1e9 for k, v in rates.items()},
-                 "model_gflop_per_image": throughput.train_flops(cfg.model) / 1e9})
+                 "model_gflop_per_image": estimate.train_flops(cfg.model) / 1e9})
     return rows
 
 
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
               f"{r['unit']}, ratio {r['ratio']:.2f}x (median of {r['repeats']})")
         if "matmul_gflop_s" in r:
             print("  matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["matmul_gflop_s"].items())
-                  + f"; model: {r['model_gflop_per_image']:.2f} GFLOP per image (repro.throughput)")
+                  + f"; model: {r['model_gflop_per_image']:.2f} GFLOP per image (repro.estimate)")
     return 0
 
 

@@ -8,7 +8,7 @@ archives reads these the same way.
     val = [("n01440764", jpeg_bytes), ...]          # ILSVRC2012_val_00000001.JPEG, ... in this order
     fake.write_ilsvrc2012(out_dir, train, val, words={"n01440764": "tench, Tinca tinca"})
 
-ILSVRC-2012 (as image-net.org serves it, PAPER.md "Data"):
+ILSVRC-2012 (as image-net.org serves it; docs/reproducing.md, "1. Download ILSVRC"):
     ILSVRC2012_img_train.tar       one tar per class, <wnid>.tar, holding <wnid>_<n>.JPEG
     ILSVRC2012_img_val.tar         flat ILSVRC2012_val_00000001.JPEG ...
     ILSVRC2012_devkit_t12.tar.gz   ILSVRC2012_devkit_t12/data/meta.mat (struct array `synsets`:
@@ -103,7 +103,7 @@ def encode(array: np.ndarray, fmt: str = "JPEG", mode: str = "RGB", quality: int
 
 
 def odd_images(rng: np.random.Generator, width: int = 150, height: int = 110) -> dict[str, bytes]:
-    """The awkward files ImageNet holds (PAPER.md "Data"), each named by what it is:
+    """The awkward files ImageNet holds (a PNG and CMYK JPEGs named .JPEG, greyscale), each named by what it is:
     cmyk, grey, palette (a GIF-style palette PNG), png (a PNG that will be named .JPEG),
     truncated (a JPEG cut short: must be rejected, not silently dropped)."""
     def pic():

@@ -1,4 +1,4 @@
-"""One source image -> one 256x256 RGB array (PAPER.md, "Data").
+"""One source image -> one 256x256 RGB array (paper section 2; docs/fidelity.md, "Choices the paper leaves open").
 
 "Rescale so the shorter side is 256, take the central 256x256 crop, keep raw RGB."
 

@@ -4,7 +4,7 @@
                      [--allow-rejects] [--seed N] [--shard-size N]
     ./run.sh prepare --verify DIR
 
-What happens (PAPER.md "Data", DESIGN.md "Data"):
+What happens (paper section 2; the formats: docs/architecture.md, "Shards and statistics"):
 1. Index: data_prep.sources reads the devkit and the tar headers (never extracting anything).
 2. Plan: training images in one order shuffled by the seed (sorted by a keyed hash of their
    names, so the order is a pure function of the seed and the file list), validation and test in
@@ -41,6 +41,7 @@ from data_prep import images, shards, sources
 from data_prep.sources import Catalog, Item
 from data_prep.stats import Moments
 from data_prep.workers import ShardResult, ShardTask, parallel_map, run_shard
+from repro import files
 from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
 
@@ -177,7 +178,7 @@ def prepare(opts: Options, stream=None) -> Summary:
         if moments.images == 0:
             raise UserError("every training image was rejected: no mean image or covariance to compute")
         stats = moments.to_stats(_per_class(results, len(cat.classes)))
-        shards.fsync(out)  # the shards' renames
+        files.fsync(out)  # the shards' renames
         shards.write_stats(out, stats)
         shards.write_manifest(out, _manifest(cat, opts, results, source_info, rejects))
     summary.complete = True
@@ -206,7 +207,7 @@ def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, 
     with open(out / JOURNAL, "a") as journal, _progress(todo, opts, stream) as bar:
         def record(r: ShardResult) -> None:
             if not r.kept:
-                shards.fsync(out / r.name)  # here, not in the worker: the workers never wait for the disk
+                files.fsync(out / r.name)  # here, not in the worker: the workers never wait for the disk
             journal.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
@@ -283,7 +284,7 @@ def _clear(out: Path, tasks: list[ShardTask]) -> None:
         inner = p.name[1:-len(".partial")].removesuffix(".exact")
         if inner in ours or shards._SHARD_RE.match(inner):
             p.unlink()
-    shards.fsync(out)  # the manifest's removal is on the disk before any shard is replaced
+    files.fsync(out)  # the manifest's removal is on the disk before any shard is replaced
 
 
 def _read_journal(out: Path) -> dict[str, dict]:
@@ -300,7 +301,7 @@ def _read_journal(out: Path) -> dict[str, dict]:
 
 
 def _write_journal(out: Path, results: list[ShardResult]) -> None:
-    shards.write_text(out / JOURNAL, "".join(json.dumps(r.journal_entry(), sort_keys=True) + "\n" for r in results))
+    files.atomic_write(out / JOURNAL, "".join(json.dumps(r.journal_entry(), sort_keys=True) + "\n" for r in results))
 
 
 def _tsv(text: str) -> str:
@@ -309,7 +310,7 @@ def _tsv(text: str) -> str:
 
 def _write_rejects(out: Path, rejects: list[tuple[str, str, str]]) -> None:
     lines = ["split\tname\treason\n"] + [f"{_tsv(s)}\t{_tsv(n)}\t{_tsv(r)}\n" for s, n, r in rejects]
-    shards.write_text(out / REJECTS, "".join(lines))
+    files.atomic_write(out / REJECTS, "".join(lines))
 
 
 def _split_counts(results: list[ShardResult]) -> dict[str, int]:
@@ -408,9 +409,9 @@ class _SourceHasher:
                 hit = cache.get(key)
                 if not (hit and hit["bytes"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns):
                     hit = cache[key] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                        "sha256": shards.file_sha256(p)}
+                                        "sha256": files.sha256(p)}
                 out.append({"name": p.name, "bytes": st.st_size, "sha256": hit["sha256"], "hash_of": "content"})
-            shards.write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
+            files.atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True))
             self._result = out
         except BaseException as e:  # re-raised in the main thread by result()
             self._error = e

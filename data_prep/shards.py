@@ -34,8 +34,8 @@ stats.h5 holds: mean float64 [256, 256, 3]; covariance, eigenvectors float64 [3,
 float64 [3] (descending); attrs pixels, images (training images), scale = "0-255"; and
 counts/<split> int64 [C], the images per class of each split (equal to what the shards hold).
 
-Every file is written under a temporary name and renamed when complete, so a running reader never
-sees a half-written shard. (After a power failure, a shard renamed but not yet flushed to the disk
+Every file is written under a temporary name and renamed when complete (repro/files.py), so a
+running reader never sees a half-written shard. (After a power failure, a shard renamed but not yet flushed to the disk
 could be: prepare flushes each shard before recording it as done, checks recorded shards by hash
 when it resumes, and writes the manifest, which readers start from, only after every shard is
 flushed.) ShardWriter writes a shard a chunk of images at a time; write_shard is the
@@ -44,15 +44,15 @@ images give byte-identical files.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from repro import files
 
 SCHEMA_VERSION = 1
 IMAGE_SIZE = 256
@@ -65,11 +65,6 @@ _SHARD_RE = re.compile(r"^(train|val|test)-(\d{5})\.h5$")
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.h5"
-
-
-def tmp_name(path: Path) -> Path:
-    """Where a file is written before it is renamed into place."""
-    return path.with_name(f".{path.name}.partial")
 
 
 def list_shards(root: str | Path, split: str) -> list[Path]:
@@ -116,7 +111,7 @@ class ShardWriter:
         self.split, self.index = split, index
         self.count = 0
         self._labels, self._ids, self._names = [], [], []
-        self._tmp = tmp_name(self.path)
+        self._tmp = files.tmp_name(self.path)
         self._file = h5py.File(self._tmp, "w")
         # No chunks, no compression: the dataset is one contiguous block that np.memmap can map.
         self._images = self._file.create_dataset(
@@ -163,10 +158,7 @@ class ShardWriter:
         f.attrs["index"] = self.index
         f.close()
         self._file = None
-        if self.durable:
-            _fsync_rename(self._tmp, self.path)
-        else:
-            os.replace(self._tmp, self.path)
+        files.replace(self._tmp, self.path, self.durable)
 
     def abort(self) -> None:
         """Drop the temporary file (nothing appears under the final name)."""
@@ -187,20 +179,6 @@ class ShardWriter:
         old.close()
         old_tmp.unlink()
         self._file, self._images = new, images
-
-
-def _fsync_rename(tmp: Path, path: Path) -> None:
-    fsync(tmp)
-    os.replace(tmp, path)
-
-
-def fsync(path: str | Path) -> None:
-    """Flush a file's data, or a directory's entries (its renames), to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -244,22 +222,11 @@ def read_strings(path: str | Path, name: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in f[name][:]]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read into one reused buffer (no new memory to fault in per block)."""
-    h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------ stats and manifest
 
 @dataclass
 class Stats:
-    """Training-set statistics on the 0-255 scale (PAPER.md, Data and Augmentation)."""
+    """Training-set statistics on the 0-255 scale (paper sections 2 and 4.1)."""
     mean: np.ndarray  # float64 [256, 256, 3], the mean image
     covariance: np.ndarray  # float64 [3, 3], RGB covariance over all training pixels
     eigenvalues: np.ndarray  # float64 [3], descending
@@ -271,7 +238,7 @@ class Stats:
 
 def write_stats(root: str | Path, stats: Stats) -> None:
     path = Path(root) / STATS
-    tmp = tmp_name(path)
+    tmp = files.tmp_name(path)
     with h5py.File(tmp, "w") as f:
         for name in ("mean", "covariance", "eigenvalues", "eigenvectors"):
             f.create_dataset(name, data=np.asarray(getattr(stats, name), dtype=np.float64), track_times=False)
@@ -280,7 +247,7 @@ def write_stats(root: str | Path, stats: Stats) -> None:
         f.attrs["pixels"] = stats.pixels
         f.attrs["images"] = stats.images
         f.attrs["scale"] = "0-255"
-    _fsync_rename(tmp, path)
+    files.replace(tmp, path)
 
 
 def read_stats(root: str | Path) -> Stats:
@@ -291,15 +258,7 @@ def read_stats(root: str | Path) -> Stats:
 
 
 def write_manifest(root: str | Path, manifest: dict) -> None:
-    write_text(Path(root) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file whole: temporary name, flushed to the disk, renamed into place."""
-    path = Path(path)
-    tmp = tmp_name(path)
-    tmp.write_text(text)
-    _fsync_rename(tmp, path)
+    files.atomic_write(Path(root) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def read_manifest(root: str | Path) -> dict:

@@ -7,7 +7,7 @@ Nothing is ever written under a name taken from an archive; members whose names 
 climb out with "..", links, devices and other non-regular files are listed as rejects and never
 read.
 
-Labels (PAPER.md "Data"): classes are the devkit's leaf synsets (num_children == 0), indexed by
+Labels (docs/fidelity.md, "Choices the paper leaves open"): classes are the devkit's leaf synsets (num_children == 0), indexed by
 their position in the sorted list of WordNet ids. Validation (and ILSVRC-2010 test) labels come
 from the ground-truth files, one ILSVRC id per image in file-name order, mapped to WordNet ids
 through meta.mat; ILSVRC ids are not in sorted-WNID order.

@@ -1,6 +1,6 @@
 """Training-set statistics: the mean image and the RGB covariance with its eigen-decomposition.
 
-PAPER.md, "Data" (mean subtraction) and "Augmentation" (PCA lighting), on the 0-255 scale.
+the paper's section 2 (mean subtraction) and 4.1 (PCA lighting), on the 0-255 scale.
 
 The sums are of integers (uint8 pixels and their products), so they are kept in int64, where
 they are exact and independent of the order of addition: shards can be summed in any order,

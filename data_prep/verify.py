@@ -18,6 +18,7 @@ import numpy as np
 from data_prep import shards
 from data_prep.stats import Moments, compute_stats
 from data_prep.workers import parallel_map
+from repro import files
 from repro.errors import UserError
 from repro.progress import Progress
 
@@ -40,7 +41,7 @@ def check_shard(task: _Task, report=None) -> dict:
     size = p.stat().st_size
     if size != listed["bytes"]:
         problems.append(f"{name}: {size} bytes, manifest.json says {listed['bytes']}")
-    sha = shards.file_sha256(p)
+    sha = files.sha256(p)
     if sha != listed["sha256"]:
         problems.append(f"{name}: SHA-256 {sha[:16]}... differs from manifest.json's {listed['sha256'][:16]}...")
     try:

@@ -25,6 +25,7 @@ import numpy as np
 from data_prep import images, shards
 from data_prep.sources import Item
 from data_prep.stats import Moments
+from repro import files
 
 CHUNK = 32  # images decoded between two writes (and two progress reports)
 
@@ -83,7 +84,7 @@ def run_shard(task: ShardTask, report=None) -> ShardResult:
 
 def _check_finished(task: ShardTask) -> ShardResult | None:
     try:
-        sha = shards.file_sha256(task.path)
+        sha = files.sha256(task.path)
         if sha != task.expect.get("sha256"):
             return None
         summary = summarize_shard(task.path, len(task.class_wnids), moments=task.split == "train")
@@ -127,7 +128,7 @@ def build_shard(task: ShardTask, report=None) -> ShardResult:
                 report(len(chunk))
         count = writer.count
     return ShardResult(task.name, task.split, task.index, task.digest, count, task.path.stat().st_size,
-                       shards.file_sha256(task.path), per_class.tolist(), rejects, moments)
+                       files.sha256(task.path), per_class.tolist(), rejects, moments)
 
 
 def summarize_shard(path: Path, n_classes: int, moments: bool) -> dict:

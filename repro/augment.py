@@ -1,6 +1,7 @@
-"""Data augmentation and test-time views (paper section 4.1; PAPER.md "Augmentation", "Test time").
+"""Data augmentation and test-time views (paper section 4.1; docs/fidelity.md, "PCA lighting" and
+"Mean subtraction").
 
-Two kinds of work, kept apart on purpose (DESIGN.md "Data"):
+Two kinds of work, kept apart on purpose (docs/architecture.md, "Data flow"):
 - crops and mirrors are uint8 index arithmetic on the 256x256 images (in the loader workers):
   `random_crop_params`, `crop_view`, `take_views`, `centre_crop`, `ten_view`;
 - the float work (uint8 -> float, mean subtraction, PCA lighting) is `Normalizer`, which runs on
@@ -13,12 +14,12 @@ Pixel scale: the model input is on the 0-255 scale minus the mean image, as in c
 there is no division by a standard deviation. The stats (data_prep.shards.Stats) are on the
 0-255 scale too.
 
-PCA lighting, two flavours (PAPER.md "Fidelity table"); p_i, lambda_i are the eigenvectors and
+PCA lighting, two flavours (docs/fidelity.md, "PCA lighting"); p_i, lambda_i are the eigenvectors and
 eigenvalues of the RGB covariance, alpha_i ~ N(0, std) drawn afresh each time an image is used:
 - "paper" (the paper's text, which leaves the scale unstated): lambda is read on the [0, 1] pixel
   scale, lambda01_i = lambda255_i / 255^2, and the colour P (alpha * lambda01) * 255 is added on the
   0-255 scale, i.e. a multiplier of lambda255_i / 255 per component. On ImageNet this moves a
-  pixel by about 5.5 levels (PAPER.md "Scale matters").
+  pixel by about 5.5 levels (docs/fidelity.md works the scales out).
       x = crop - mean + P (alpha * lambda255 / 255)
 - "code145": the multiplier is the standard deviation sqrt(lambda255_i), added after mean
   subtraction, then the whole input is divided by 1 + std (1.1), "so that the overall scale of the

@@ -1,6 +1,6 @@
 """`./run.sh bench [NAME ...] [--json] [--quick] [--model]`: the project's benchmarks as one table.
 
-`--model` prints instead the GPU throughput ESTIMATE of repro.throughput (arithmetic, not timed).
+`--model` prints instead the GPU throughput ESTIMATE of repro.estimate (arithmetic, not timed).
 
 Each benchmark is a script `benchmarks/bench_<name>.py` at the root of the checkout, runnable on
 its own (`python benchmarks/bench_lrn.py`) and exposing `run(quick: bool = False) -> list[dict]`.
@@ -107,14 +107,14 @@ def table(rows: list[dict], header: str) -> str:
 
 
 def throughput_model(as_json: bool) -> str:
-    """The GPU throughput ESTIMATE of repro.throughput (arithmetic; nothing is timed)."""
-    from repro import throughput
+    """The GPU throughput ESTIMATE of repro.estimate (arithmetic; nothing is timed)."""
+    from repro import estimate
     from repro.config import ModelConfig
 
     if as_json:
-        return json.dumps([{**throughput.estimate(s, ModelConfig()), "estimate": True}
-                           for s in throughput.SETUPS], indent=1)
-    return throughput.report()
+        return json.dumps([{**estimate.estimate(s, ModelConfig()), "estimate": True}
+                           for s in estimate.SETUPS], indent=1)
+    return estimate.report()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

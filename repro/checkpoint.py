@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from repro import files
 from repro.errors import UserError
-from repro.model import from_grouped_state
+from repro.grouped import from_grouped_state, to_grouped_state
 
 _CKPT = re.compile(r"^step-(\d{8})$")
 
@@ -81,19 +82,14 @@ def save(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: in
         barrier()
     if write_state:
         torch.save(state, tmp / "state.pt")
-        _fsync_dir(tmp)
+        for f in tmp.iterdir():
+            files.fsync(f)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 def _load(path: Path, device="cpu"):
@@ -119,8 +115,6 @@ def load_into(ckpt: str | Path, model, optimizer=None) -> dict:
         params.update(entry["params"])
         velocity.update(entry["velocity"])
     if model.grouped:
-        from repro.model import to_grouped_state
-
         params = to_grouped_state(params, model.m)
         velocity = to_grouped_state(velocity, model.m) if velocity else {}
     missing = set(dict(model.named_parameters())) - set(params)

@@ -1,6 +1,6 @@
 """Configs are data: TOML files in paper_configs/ loaded into the dataclasses below.
 
-The defaults are the paper's text (PAPER.md); every file states which row of which table it
+The defaults are the paper's text (docs/fidelity.md); every file states which row of which table it
 reproduces. A file may start with `extends = "other.toml"` (relative to itself) and then
 give only what differs. Loading rejects, with one line naming the file and the key: an
 unknown section or key, a wrong type, a value outside its range or choices, and widths that
@@ -37,7 +37,7 @@ def _copy(value):
 
 @dataclass
 class Widths:
-    """Maps (conv) or units (fc) of each layer summed over the towers (PAPER.md, Architecture)."""
+    """Maps (conv) or units (fc) of each layer summed over the towers (docs/architecture.md)."""
     conv1: int = opt(96, lo=1)
     conv2: int = opt(256, lo=1)
     conv3: int = opt(384, lo=1)
@@ -67,6 +67,14 @@ class ModelConfig:
     # "test": the paper's dropout (no scaling in training, outputs x (1 - p) at test);
     # "train": inverted dropout (x 1/(1 - p) in training), equal in expectation.
     dropout_scaling: str = opt("test", choices=("test", "train"))
+
+    def logit_range(self, tower: int) -> range:
+        """The logits computed by one tower: half each ("split"), or all on tower 0 ("tower0",
+        code 145's fc8 on GPU 0)."""
+        c, t = self.num_classes, self.towers
+        if self.fc8 == "tower0":
+            return range(0, c) if tower == 0 else range(0, 0)
+        return range(tower * c // t, (tower + 1) * c // t)
 
 
 @dataclass
@@ -138,7 +146,14 @@ class ScheduleConfig:
     patience: int = opt(4, lo=1)
     max_reductions: int = opt(3, lo=0)
     drop_epochs: list = opt([])
+    # conv1's weights alone divided by `factor` again at these epochs (code 145's log: "epoch 67:
+    # set epsw to 0.00001 from 0.0001 on conv1"), on top of the schedule above
+    conv1_drop_epochs: list = opt([])
     freeze_conv1_epoch: int = opt(0, lo=0)  # 0: never; code 145 froze conv1 from about 72
+    # "scheduled": the biases' rate follows the weights' (times optim.bias_lr_mult), the paper's
+    # one rate for all layers; "constant": optim.lr * bias_lr_mult for the whole run, as code
+    # 145's log changed epsW only (layer-params-145.cfg ends with epsW 0.00001, epsB 0.02)
+    bias_lr: str = opt("scheduled", choices=("scheduled", "constant"))
 
 
 @dataclass
@@ -151,12 +166,15 @@ class TrainConfig:
     log_every: int = opt(20, lo=1)
     checkpoint_every: int = opt(1000, lo=0)  # steps; 0: only at each epoch end
     keep_checkpoints: int = opt(3, lo=1)
+    # "float64": train and validate in double precision, for checks only (tests compare
+    # placements and launches with it exactly); the paper's precision is float32
+    dtype: str = opt("float32", choices=("float32", "float64"))
 
 
 @dataclass
 class SpeedConfig:
     """How the same float32 function is computed. The paper's recipe comes first: the speed
-    switches of issue 5 (channels-last, bf16 autocast, compile) are off by default; the others
+    switches that change the arithmetic (channels-last, bf16 autocast, compile) are off by default; the others
     compute the same function as the plain reference within float32 rounding (tests hold each
     against it) and are on. benchmarks/bench_train_step.py measures them; on a CPU turn
     channels_last on (paper_configs/demo.toml does)."""
@@ -169,14 +187,14 @@ class SpeedConfig:
     # (AlexNet(grouped=True); tests/test_parallel.py). Checkpoints keep the two-tower form.
     grouped: bool = opt(True)
     fast_lrn: bool = opt(True)  # equal to the reference LRN within 1e-6 (tests/test_lrn.py)
-    # conv1's weight gradient by space-to-depth (repro/conv1.py); forward unchanged, gradient
-    # equal within float32 rounding (tests/test_conv1.py)
+    # conv1's weight gradient by space-to-depth (repro/fast/conv1_grad.py); forward unchanged, gradient
+    # equal within float32 rounding (tests/test_fast_conv1_grad.py)
     fast_conv1: bool = opt(True)
-    # fc6-fc8 through oneDNN's matmul on CPUs (repro/onednn.py; MKL's sgemm ran at half its rate
+    # fc6-fc8 through oneDNN's matmul on CPUs (repro/fast/linear.py; MKL's sgemm ran at half its rate
     # on this project's AMD CPU); equal within float32 rounding (tests/test_speed.py)
     fast_fc: bool = opt(True)
     # CPU: keep freed memory in the process instead of handing it back to the OS and faulting
-    # it in again for the next batch (repro/cpu_threads.keep_freed_memory; glibc only)
+    # it in again for the next batch (repro/fast/memory.py; glibc only)
     keep_freed_memory: bool = opt(True)
 
 
@@ -312,9 +330,10 @@ def check(cfg: Config, where: str = "config") -> None:
         if width % m.towers:
             raise UserError(f"{where}: 'model.widths.{layer}' = {width} does not divide "
                             f"between {m.towers} towers")
-    for value in cfg.schedule.drop_epochs:
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{where}: 'schedule.drop_epochs' must list epochs >= 1, got {value!r}")
+    for key in ("drop_epochs", "conv1_drop_epochs"):
+        for value in getattr(cfg.schedule, key):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{where}: 'schedule.{key}' must list epochs >= 1, got {value!r}")
     if cfg.schedule.kind == "epochs" and not cfg.schedule.drop_epochs:
         raise UserError(f"{where}: 'schedule.kind' = 'epochs' needs 'schedule.drop_epochs'")
     if cfg.augment.crop > 256:

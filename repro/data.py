@@ -1,13 +1,13 @@
 """The input pipeline: the reader over the prepared shards, the epoch's sampling, the loaders.
 
-The trainer and the evaluator read shards only through this module (DESIGN.md "Data"), and this
+The trainer and the evaluator read shards only through this module (docs/architecture.md, "Data flow"), and this
 module reads them only through data_prep.shards. The augmentation it draws is the paper's
 section 4.1 (repro.augment); the images are the 256x256 central crops of section 2.
 
 Training stream of an epoch (a pure function of (data.seed, epoch), never of the worker count):
 - the order of the shards and, inside each shard, the order of its images are shuffled from
   (seed, epoch); the stream is the shards one after another in that order. Training shards are
-  written in an order shuffled once (DESIGN.md), so a batch drawn from one or two shards is
+  written in an order shuffled once (data_prep/prepare.py), so a batch drawn from one or two shards is
   still a random sample, while reads stay inside one shard at a time (page cache friendly);
 - global step s takes positions [s * B, (s + 1) * B) of the stream (B = data.batch_size); the
   last, partial batch is kept, so an epoch sees every image exactly once (with data-parallel
@@ -226,6 +226,16 @@ def _check_parts(cfg, parts: int, part: int) -> None:
     if cfg.data.batch_size % parts:
         raise UserError(f"data.batch_size = {cfg.data.batch_size} does not divide between "
                         f"{parts} data-parallel parts")
+
+
+def part_rows(cfg, part: int, parts: int) -> tuple[int, int, int] | None:
+    """(first, stop, batch) of the rows of every global batch that data-parallel part `part` of
+    `parts` trains on (None for a single part, which takes whole batches, the last partial one
+    too). With several parts every batch is whole (see _steps)."""
+    if parts == 1:
+        return None
+    b = cfg.data.batch_size
+    return part * b // parts, (part + 1) * b // parts, b
 
 
 class _TrainSteps(torch.utils.data.Dataset):

@@ -1,4 +1,4 @@
-"""Top-1 / top-5 error with the centre crop or 10 views (paper section 6; PAPER.md "Test time").
+"""Top-1 / top-5 error with the centre crop or 10 views (paper sections 4.1 and 6).
 
 10 views: the four corner patches, the centre patch and the mirror of each; the network's softmax
 outputs over the ten are averaged. Ensembles average the softmax outputs of several networks.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from data_prep import shards
-from repro import checkpoint, data, machine, rundir
+from repro import checkpoint, data, files, machine, rundir
 from repro.errors import ArgumentParser, UserError
 from repro.model import AlexNet
 from repro.parallel import OneDevice
@@ -87,6 +86,7 @@ def predict_views(model, root, split: str, views: str, batch_size: int, workers:
     """
     model.eval()
     device = model.placement.output_device
+    dtype = next(model.parameters()).dtype  # float32; float64 under train.dtype = "float64"
     read = "centre" if views == "centre" else "ten"
     offsets = data.view_offsets(read)
     centre = int(np.flatnonzero((offsets == data.view_offsets("centre")).all(axis=1))[0])
@@ -94,7 +94,7 @@ def predict_views(model, root, split: str, views: str, batch_size: int, workers:
     labels = []
     for images, y, view_offsets in data.eval_batches(root, split, read, batch_size, workers,
                                                      pin_memory=device.type == "cuda"):
-        x = normalizer.views(images, view_offsets).to(device, non_blocking=True)
+        x = normalizer.views(images, view_offsets).to(device, dtype, non_blocking=True)
         p = F.softmax(model(x).float(), dim=1).view(len(y), len(offsets), -1)  # (B, V, C)
         if "centre" in out:
             out["centre"].append(p[:, centre].cpu())
@@ -158,7 +158,7 @@ def checkpoint_record(ckpt: Path) -> dict:
     """Path, step, epoch and the sha256 of every file of a checkpoint."""
     state = checkpoint.read_state(ckpt)
     return {"path": str(ckpt), "step": state.get("step"), "epoch": state.get("epoch"),
-            "sha256": {f.name: shards.file_sha256(f) for f in sorted(ckpt.glob("*.pt"))}}
+            "sha256": {f.name: files.sha256(f) for f in sorted(ckpt.glob("*.pt"))}}
 
 
 def data_record(root: Path, split: str) -> dict:
@@ -245,7 +245,7 @@ def write_record(run_dir: Path, split: str, views: str, probs: torch.Tensor, lab
     path = record_path(run_dir, split, views, tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     probs_file = path.name.removesuffix(".json") + ".probs.npy"
-    _atomic(path.parent / probs_file, lambda f: np.save(f, probs.numpy().astype(np.float32)))
+    files.atomic_write(path.parent / probs_file, lambda f: np.save(f, probs.numpy().astype(np.float32)))
     names = data.class_names(root)
     per_class = per_class_errors(probs, labels, probs.shape[1])
     counts = np.bincount(labels.numpy(), minlength=probs.shape[1])
@@ -256,19 +256,12 @@ def write_record(run_dir: Path, split: str, views: str, probs: torch.Tensor, lab
                           "words": names[c][1] if c < len(names) else "", "images": int(counts[c]),
                           "top1_error": _num(per_class[c, 0]), "top5_error": _num(per_class[c, 1])}
                          for c in range(probs.shape[1])]}
-    _atomic(path, lambda f: f.write((json.dumps(rec, indent=1) + "\n").encode()))
+    files.atomic_write(path, json.dumps(rec, indent=1) + "\n")
     return rec
 
 
 def _num(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def load_probs(run_dir: Path, rec: dict) -> torch.Tensor:

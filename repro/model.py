@@ -1,4 +1,4 @@
-"""The two-tower AlexNet (paper section 3, Figure 2; PAPER.md "Architecture").
+"""The two-tower AlexNet (paper section 3, Figure 2; docs/architecture.md, "Towers and shapes").
 
 Each tower holds half of every layer (one GTX 580 each in 2012). The towers work apart except
 where the paper connects them: conv3 reads both towers' conv2 maps, and fc6, fc7 and fc8 read
@@ -26,19 +26,13 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from repro.config import LAYERS, Config, InitConfig, ModelConfig, SpeedConfig
-from repro.conv1 import StridedConv2d
+from repro.fast.conv1_grad import StridedConv2d
+from repro.fast.linear import Linear
+from repro.grouped import pieces as grouped_pieces
 from repro.lrn import LRN, SameMapNorm
-from repro.onednn import Linear
+from repro.parallel import OneDevice
 
 CONV1_CEIL_PAD = 3  # 224 + 3 = 227 = 4 * 54 + 11: the 2012 code's last window hangs 3 pixels over
-
-
-def class_range(m: ModelConfig, tower: int) -> range:
-    """The logits computed by one tower: half each ("split"), or all on tower 0 ("tower0", code 145)."""
-    c, t = m.num_classes, m.towers
-    if m.fc8 == "tower0":
-        return range(0, c) if tower == 0 else range(0, 0)
-    return range(tower * c // t, (tower + 1) * c // t)
 
 
 class Dropout(nn.Module):
@@ -47,7 +41,9 @@ class Dropout(nn.Module):
     Each tower draws its masks from a generator seeded by `reseed`, so that every placement
     (one device, two devices, two processes) draws the same masks for the same tower. The
     grouped emulation passes one seed per tower: its units are the towers' side by side, and
-    each tower's share of the mask comes from that tower's own stream.
+    each tower's share of the mask comes from that tower's own stream. With data-parallel pairs,
+    `rows` = (first, stop, total): each pair draws the whole batch's mask and keeps its own rows,
+    so that any number of pairs trains exactly as one pair would.
     scaling "test": the paper's form, units zeroed in training and outputs x (1 - p) at test;
     scaling "train": inverted dropout, x 1 / (1 - p) in training, equal in expectation.
     """
@@ -56,10 +52,11 @@ class Dropout(nn.Module):
         super().__init__()
         self.p, self.scaling = p, scaling
         self.seeds: tuple[int, ...] = ()
+        self.rows: tuple[int, int, int] | None = None
         self._gens: list[torch.Generator] = []
 
-    def reseed(self, *seeds: int) -> None:
-        self.seeds, self._gens = seeds, []
+    def reseed(self, *seeds: int, rows: tuple[int, int, int] | None = None) -> None:
+        self.seeds, self.rows, self._gens = seeds, rows, []
 
     def forward(self, x):
         if self.p == 0:
@@ -68,13 +65,16 @@ class Dropout(nn.Module):
             return x * (1 - self.p) if self.scaling == "test" else x
         if self.seeds and (not self._gens or self._gens[0].device != x.device):
             self._gens = [torch.Generator(device=x.device).manual_seed(s) for s in self.seeds]
+        first, stop, total = self.rows or (0, x.shape[0], x.shape[0])
+        if stop - first != x.shape[0]:
+            raise ValueError(f"dropout rows {first}:{stop} do not fit a batch of {x.shape[0]}")
         if len(self._gens) > 1:  # one tower's share of the units from each stream
-            share = (x.shape[0], x.shape[1] // len(self._gens)) + tuple(x.shape[2:])
+            share = (total, x.shape[1] // len(self._gens)) + tuple(x.shape[2:])
             keep = torch.cat([torch.rand(share, generator=g, device=x.device) for g in self._gens], 1)
         else:
             gen = self._gens[0] if self._gens else None
-            keep = torch.rand(x.shape, generator=gen, device=x.device)
-        keep = keep >= self.p
+            keep = torch.rand((total,) + tuple(x.shape[1:]), generator=gen, device=x.device)
+        keep = keep[first:stop] >= self.p
         x = x * keep
         return x / (1 - self.p) if self.scaling == "train" else x
 
@@ -112,8 +112,8 @@ class Tower(nn.Module):
         # how many towers' maps conv3, fc6 and fc7 read (the grouped module already holds them all)
         cross = t if m.cross_links and g == 1 else 1
         self.m, self.groups = m, g
-        self._fc = Linear if speed.fast_fc else nn.Linear  # the same layer; see repro/onednn.py
-        conv1 = StridedConv2d if speed.fast_conv1 else nn.Conv2d  # the same layer; see repro/conv1.py
+        self._fc = Linear if speed.fast_fc else nn.Linear  # the same layer; see repro/fast/linear.py
+        conv1 = StridedConv2d if speed.fast_conv1 else nn.Conv2d  # the same layer; see repro/fast/conv1_grad.py
         self.conv1 = skip_init(conv1, 3, per["conv1"], 11, stride=4,
                                padding=2 if m.conv1_padding == "symmetric" else 0)
         self.conv2 = skip_init(nn.Conv2d, per["conv1"], per["conv2"], 5, padding=2, groups=g)
@@ -123,7 +123,7 @@ class Tower(nn.Module):
         self.conv5 = skip_init(nn.Conv2d, per["conv4"], per["conv5"], 3, padding=1, groups=g)
         self.fc6 = self._linear(per["conv5"] * 6 * 6 * cross, per["fc6"], m.cross_links)
         self.fc7 = self._linear(per["fc6"] * cross, per["fc7"], m.cross_links)
-        n_logits = m.num_classes if g > 1 else len(class_range(m, index))
+        n_logits = m.num_classes if g > 1 else len(m.logit_range(index))
         with warnings.catch_warnings():  # code 145: tower 1 holds an empty share of fc8
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             self.fc8 = skip_init(self._fc, w.fc7, n_logits)  # fc8 always reads every tower
@@ -180,14 +180,12 @@ class AlexNet(nn.Module):
 
     Build with `AlexNet.from_config(cfg)`; pass `placement=` (repro.parallel) to put the towers
     on two devices or in two processes, or `grouped=True` for the single-module emulation with
-    grouped convolutions (same function, different parameter layout: see to_grouped_state).
+    grouped convolutions (same function, different parameter layout: see repro/grouped.py).
     """
 
     def __init__(self, m: ModelConfig, placement=None, grouped: bool = False,
                  speed: SpeedConfig | None = None):
         super().__init__()
-        from repro.parallel import OneDevice  # placement objects only route tensors between towers
-
         self.m = m
         self.grouped = grouped
         self.placement = placement or OneDevice()
@@ -234,13 +232,14 @@ class AlexNet(nn.Module):
         logits = place.collect([t.fc8(hi) for t, hi in zip(towers, h)])  # (B, num_classes)
         return (logits, h[0].to(logits.device)) if fc7 else logits
 
-    def reseed_dropout(self, seed: int) -> None:
+    def reseed_dropout(self, seed: int, rows: tuple[int, int, int] | None = None) -> None:
         """Seed each tower's dropout masks from (seed, tower, layer): same masks in every placement.
-        The trainer calls this every step with a seed derived from (run seed, step)."""
+        The trainer calls this every step with a seed derived from (run seed, step); `rows` =
+        (first, stop, total) when this process holds rows first:stop of a batch of total."""
         for key, tower in self.towers.items():
             keys = [str(i) for i in range(self.m.towers)] if key == "grouped" else [key]
             for name in ("drop6", "drop7"):
-                getattr(tower, name).reseed(*(_mix(seed, k, name) for k in keys))
+                getattr(tower, name).reseed(*(_mix(seed, k, name) for k in keys), rows=rows)
 
 
 def _mix(seed: int, *parts) -> int:
@@ -265,7 +264,7 @@ def init_weights(model: AlexNet, init: InitConfig, seed: int) -> None:
             mod = getattr(tower, layer)
             std, bias = getattr(init.weight_std, layer), getattr(init.bias, layer)
             if key == "grouped":  # the concatenation of every tower's own draw
-                pieces = _grouped_pieces(m, layer, mod.weight.shape)
+                pieces = grouped_pieces(m, layer, mod.weight.shape)
                 w = torch.cat([_normal(shape, std, seed, str(i), layer) for i, shape in pieces])
             else:
                 w = _normal(mod.weight.shape, std, seed, key, layer)
@@ -276,39 +275,6 @@ def init_weights(model: AlexNet, init: InitConfig, seed: int) -> None:
 def _normal(shape, std, seed, tower_key, layer):
     gen = torch.Generator().manual_seed(_mix(seed, tower_key, layer))
     return torch.randn(shape, generator=gen) * std
-
-
-def _grouped_pieces(m: ModelConfig, layer: str, shape):
-    """(tower, shape) of each tower's slice of a grouped layer's weight, along dim 0."""
-    if layer == "fc8":
-        return [(i, (len(class_range(m, i)),) + tuple(shape[1:])) for i in range(m.towers)]
-    return [(i, (shape[0] // m.towers,) + tuple(shape[1:])) for i in range(m.towers)]
-
-
-# ------------------------------------------------------ two-tower <-> grouped parameter layout
-
-def to_grouped_state(state: dict, m: ModelConfig) -> dict:
-    """Two-tower state_dict -> the grouped emulation's: every layer's towers stacked along dim 0."""
-    out = {}
-    for name in _layer_param_names():
-        out[f"towers.grouped.{name}"] = torch.cat([state[f"towers.{i}.{name}"] for i in range(m.towers)])
-    return out
-
-
-def from_grouped_state(state: dict, m: ModelConfig) -> dict:
-    """The grouped emulation's state_dict -> two-tower keys."""
-    out = {}
-    for name in _layer_param_names():
-        layer = name.split(".")[0]
-        full = state[f"towers.grouped.{name}"]
-        sizes = [p[1][0] for p in _grouped_pieces(m, layer, full.shape)]
-        for i, piece in enumerate(torch.split(full, sizes)):
-            out[f"towers.{i}.{name}"] = piece.clone()
-    return out
-
-
-def _layer_param_names():
-    return [f"{layer}.{kind}" for layer in LAYERS for kind in ("weight", "bias")]
 
 
 def count_parameters(model: nn.Module) -> int:

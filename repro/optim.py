@@ -1,4 +1,5 @@
-"""The paper's optimiser and learning-rate schedules (section 5; PAPER.md "Training").
+"""The paper's optimiser and learning-rate schedules (section 5; docs/fidelity.md, "Learning-rate
+schedule" and "Bias learning rate", for code 145's).
 
 The update rule of the paper, for every parameter w with learning rate eps:
     v <- 0.9 v - 0.0005 eps w - eps dL/dw
@@ -51,8 +52,14 @@ class PaperSGD(torch.optim.Optimizer):
         return cls(param_groups(model, optim), optim.lr, optim.momentum, optim.weight_decay, optim.rule)
 
     def set_lr(self, lr: float) -> None:
+        """One base rate for every group."""
         for group in self.param_groups:
             group["lr"] = lr
+
+    def set_group_lrs(self, rates: dict[str, float]) -> None:
+        """A base rate per group name (`Schedule.rates`); each group still applies its lr_mult."""
+        for group in self.param_groups:
+            group["lr"] = rates[group["name"]]
 
     def freeze(self, layer_group: str, frozen: bool = True) -> None:
         for group in self.param_groups:
@@ -99,6 +106,18 @@ class Schedule:
             drops = sum(1 for d in self.cfg.drop_epochs if epoch >= d)
             return self.base_lr / self.cfg.factor ** drops
         return self.base_lr / self.cfg.factor ** self.reductions
+
+    def rates(self, epoch: int) -> dict[str, float]:
+        """The base rate of each parameter group (repro.optim.param_groups) while training epoch
+        epoch + 1: the weights' rate `lr(epoch)`, conv1's weights divided further at
+        schedule.conv1_drop_epochs, and the biases' rate either following the weights'
+        (bias_lr = "scheduled") or fixed at the starting rate ("constant", code 145). Each group
+        multiplies its base rate by its own lr_mult (optim.bias_lr_mult for biases)."""
+        weights = self.lr(epoch)
+        conv1_drops = sum(1 for d in self.cfg.conv1_drop_epochs if epoch >= d)
+        biases = weights if self.cfg.bias_lr == "scheduled" else self.base_lr
+        return {"rest.weight": weights, "conv1.weight": weights / self.cfg.factor ** conv1_drops,
+                "rest.bias": biases, "conv1.bias": biases}
 
     def conv1_frozen(self, epoch: int) -> bool:
         return 0 < self.cfg.freeze_conv1_epoch <= epoch

@@ -1,4 +1,5 @@
-"""Where the towers run, and how they exchange activations (PAPER.md "Architecture"; DESIGN.md).
+"""Where the towers run, and how they exchange activations (paper section 3.2; docs/architecture.md,
+"The four exchanges" and "Placements").
 
 A placement answers four questions for AlexNet.forward, which is the same code for all of them:
     towers_here(T)      which towers this process holds
@@ -212,10 +213,8 @@ class Distributed(Placement):
         return [self.tower]
 
     def place(self, model):
-        from repro.model import class_range
-
         model.to(self.device)
-        self._widths = [len(class_range(model.m, i)) for i in range(self.towers)]
+        self._widths = [len(model.m.logit_range(i)) for i in range(self.towers)]
 
     @property
     def output_device(self):

@@ -2,7 +2,7 @@
 
 Each image is prepared as the training data was (decoded to RGB whatever its mode: greyscale,
 CMYK, palette, PNG; the shorter side resized to 256 with Pillow's antialiased bicubic filter, the
-other side rounded half up; the central 256x256 crop; PAPER.md "Data"), then the paper's 10 views
+other side rounded half up; the central 256x256 crop; paper section 2), then the paper's 10 views
 are taken and the softmax outputs of the ten averaged (section 6). Class names and the mean
 image come from the run's prepared data (manifest.json and stats.h5 are all that is needed).
 """

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from repro import checkpoint, data, evaluate, figures, rundir, tables
+from repro import checkpoint, data, evaluate, figures, files, rundir, tables
 from repro.errors import ArgumentParser
 
 DASH = "—"
@@ -75,8 +75,8 @@ def main(argv) -> int:
               "ablations": tables.ablation_lines(published, runs),
               "reproductions": tables.reproduction_lines(published, runs),
               "figures": _figures(out, names, run_dirs, records, args)}
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text(render(report, published))
+    files.atomic_write(out / "report.json", json.dumps(report, indent=1) + "\n")
+    files.atomic_write(out / "report.md", render(report, published))
     print(f"report written: {out / 'report.md'} (numbers in {out / 'report.json'})")
     return 0
 

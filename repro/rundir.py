@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from repro import machine
+from repro import files, machine
 from repro.config import Config, dumps_toml, load_config
 
 CONFIG, PROVENANCE, METRICS = "config.toml", "provenance.json", "metrics.jsonl"
@@ -31,19 +30,13 @@ def now() -> str:
 
 def write_config(run_dir: Path, cfg: Config) -> None:
     header = f"# Resolved config of run {run_dir.name} (from {cfg.name}.toml), written {now()}\n"
-    _atomic_write(run_dir / CONFIG, header + dumps_toml(cfg))
+    files.atomic_write(run_dir / CONFIG, header + dumps_toml(cfg))
 
 
 def read_config(run_dir: str | Path, overrides=()) -> Config:
     cfg = load_config(Path(run_dir) / CONFIG, list(overrides))
     cfg.name = Path(run_dir).name
     return cfg
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def git_commit() -> dict:
@@ -81,7 +74,7 @@ def write_provenance(run_dir: Path, cfg: Config, data_root: Path, extra: dict) -
     path = run_dir / PROVENANCE
     history = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
     history.append(record)
-    _atomic_write(path, json.dumps({**record, "sessions": history}, indent=1) + "\n")
+    files.atomic_write(path, json.dumps({**record, "sessions": history}, indent=1) + "\n")
 
 
 class Metrics:

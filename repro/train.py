@@ -18,19 +18,20 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from data_prep import shards
-from repro import checkpoint, data, evaluate, rundir
+from repro import augment, checkpoint, data, evaluate, rundir
 from repro.config import DEFAULT_CONFIG, Config, flat, load_config
 from repro.errors import ArgumentParser, UserError
+from repro.fast.memory import keep_freed_memory
 from repro.model import AlexNet, _mix
 from repro.optim import PaperSGD, Schedule
-from repro.cpu_memory import keep_freed_memory
-from repro.parallel import Distributed, OneDevice, make_placement
+from repro.parallel import Distributed, OneDevice, Placement, make_placement
 from repro.progress import Progress
 
 
@@ -85,7 +86,7 @@ def main(argv) -> int:
 
 # What a resumed run may not change: the model, and everything that decides the stream of
 # batches, augmentations and dropout masks (exact resume depends on them).
-FIXED_ON_RESUME = ("model", "init", "data.batch_size", "data.seed", "augment", "train.seed")
+FIXED_ON_RESUME = ("model", "init", "data.batch_size", "data.seed", "augment", "train.seed", "train.dtype")
 
 
 def _check_resumable(saved: Config, new: Config, run_dir: Path) -> None:
@@ -113,6 +114,42 @@ class Position:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0
     step: int = 0  # global steps completed
+
+
+@dataclass
+class Run:
+    """What one training process holds: built by `set_up`, advanced by `train_epoch`."""
+    cfg: Config
+    data_root: Path
+    run_dir: Path
+    placement: Placement
+    model: AlexNet
+    forward: Callable  # the model, or its torch.compile'd version (speed.compile)
+    optimizer: PaperSGD
+    schedule: Schedule
+    normalizer: augment.Normalizer
+    pos: Position
+    steps: int  # global steps per epoch
+    images: int  # training images per epoch
+    part: int  # this process's data-parallel share of every batch: part of parts
+    parts: int
+    writer: bool  # the process that writes the run directory (rank 0; the only one when alone)
+    metrics: rundir.Metrics | None  # the writer's metrics.jsonl
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.output_device
+
+    @property
+    def distributed(self) -> bool:
+        return isinstance(self.placement, Distributed)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.cfg.train.dtype]
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class StopRequest:
@@ -148,33 +185,40 @@ def build_model(cfg: Config, placement) -> AlexNet:
     when speed.grouped (the same function; checkpoints keep the two-tower form). The model
     itself keeps its activations channels-last when speed.channels_last."""
     grouped = cfg.speed.grouped and isinstance(placement, OneDevice) and cfg.model.towers > 1
-    return AlexNet.from_config(cfg, placement=placement, grouped=grouped)
+    return AlexNet.from_config(cfg, placement=placement, grouped=grouped).to(DTYPES[cfg.train.dtype])
 
 
 def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> Path:
     """Train until cfg.schedule.epochs (or train.max_steps, or a stop signal). Returns run_dir."""
+    run = set_up(cfg, data_root, run_dir, resume)
+    if resume and nothing_to_do(run):
+        return run_dir
+    stop = StopRequest()
+    try:
+        while run.pos.epoch < cfg.schedule.epochs:
+            why = train_epoch(run, stop)
+            if why:  # a stop signal or train.max_steps: checkpointed, say how to go on
+                announce_stop(run, why)
+                return run_dir
+            end_epoch(run)
+    finally:
+        stop.restore()
+        if run.metrics:
+            run.metrics.close()
+    return run_dir
+
+
+def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
+    """Processes, placement, data checks, model, optimiser, schedule, the checkpoint to resume
+    from, and the run directory's config, provenance and first metrics line."""
     init_distributed()
     placement = make_placement(cfg.train.placement, cfg.model.towers, cfg.train.device)
     distributed = isinstance(placement, Distributed)
-    rank = dist.get_rank() if distributed else 0
     part, parts = (placement.pair, placement.pairs) if distributed else (0, 1)
-    main_process = rank == 0
-    device = placement.output_device
-    if not (data_root / "manifest.json").is_file():
-        raise UserError(f"no prepared data in {data_root} (manifest.json missing): run "
-                        f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
-                        f"to try everything on generated data")
-
-    year = shards.read_manifest(data_root).get("year")
-    if year is not None and year != cfg.data.year:
-        raise UserError(f"the data in {data_root} is ILSVRC-{year}, the config says data.year = "
-                        f"{cfg.data.year}: prepare the right year or use the matching config")
-    classes = len(data.class_names(data_root))
-    if classes != cfg.model.num_classes:
-        raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
-                        f"{cfg.model.num_classes}: set model.num_classes = {classes}")
+    writer = not distributed or dist.get_rank() == 0
+    check_data(cfg, data_root)
     model = build_model(cfg, placement)
-    if cfg.speed.keep_freed_memory and device.type == "cpu":
+    if cfg.speed.keep_freed_memory and placement.output_device.type == "cpu":
         keep_freed_memory()
     optimizer = PaperSGD.from_config(model, cfg.optim)
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
@@ -187,112 +231,164 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
         state = checkpoint.load_into(ckpt, model, optimizer)
         schedule.load_state_dict(state["schedule"])
         pos = Position(state["epoch"], state["step_in_epoch"], state["step"])
-        if cfg.train.max_steps and pos.step >= cfg.train.max_steps:
-            print(f"{run_dir} is at step {pos.step}, train.max_steps = {cfg.train.max_steps}: nothing to do")
-            return run_dir
-    forward = torch.compile(model) if cfg.speed.compile else model
-    normalizer = data.make_normalizer(data_root, cfg, device)
-    steps = data.steps_per_epoch(data_root, cfg, parts)
-    images = len(data.open_split(data_root, "train"))
-    metrics = None
-    if main_process:
+    run = Run(cfg, data_root, run_dir, placement, model,
+              torch.compile(model) if cfg.speed.compile else model, optimizer, schedule,
+              data.make_normalizer(data_root, cfg, placement.output_device), pos,
+              data.steps_per_epoch(data_root, cfg, parts), len(data.open_split(data_root, "train")),
+              part, parts, writer, None)
+    if writer:
         rundir.write_config(run_dir, cfg)
         rundir.write_provenance(run_dir, cfg, data_root, {
-            "placement": type(placement).__name__, "device": str(device),
+            "placement": type(placement).__name__, "device": str(run.device),
             "world_size": dist.get_world_size() if distributed else 1,
             "resumed_from_step": pos.step if resume else None})
-        metrics = rundir.Metrics(run_dir)
-        metrics.write("event", event="resume" if resume else "start", step=pos.step, epoch=pos.epoch)
+        run.metrics = rundir.Metrics(run_dir)
+        run.metrics.write("event", event="resume" if resume else "start", step=pos.step, epoch=pos.epoch)
+    return run
 
-    def save():
-        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-        if _agree(distributed, not finite, False, device)[0]:  # never save a diverged model
-            raise UserError(f"the weights became infinite or NaN at step {pos.step} (epoch {pos.epoch + 1}); "
-                            f"not saved; last good checkpoint: {checkpoint.latest(run_dir)}. Try a lower optim.lr")
-        state = {"step": pos.step, "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch,
-                 "schedule": schedule.state_dict(), "config": cfg.name}
-        if not distributed:
-            return checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints)
-        # Pair 0 writes (the other pairs hold the same weights); rank 0 writes state.pt last.
-        path = None
-        if placement.pair == 0:
-            path = checkpoint.save(run_dir, pos.step, model, optimizer, state, cfg.train.keep_checkpoints,
-                                   write_state=main_process, barrier=lambda: dist.barrier(placement.pair_group))
-        dist.barrier()
-        return path
 
-    stop = StopRequest()
-    autocast = (torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
-    try:
-        while pos.epoch < cfg.schedule.epochs:
-            epoch = pos.epoch
-            optimizer.set_lr(schedule.lr(epoch))
-            optimizer.freeze("conv1", schedule.conv1_frozen(epoch))
-            model.train()
-            window = _Window()
-            bar = Progress(images - pos.step_in_epoch * cfg.data.batch_size,  # images left this epoch
-                           f"epoch {epoch + 1}/{cfg.schedule.epochs}", unit="img",
-                           quiet=not main_process)
+def check_data(cfg: Config, data_root: Path) -> None:
+    """The prepared data exists and fits the config (year, number of classes)."""
+    if not (data_root / "manifest.json").is_file():
+        raise UserError(f"no prepared data in {data_root} (manifest.json missing): run "
+                        f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
+                        f"to try everything on generated data")
+    year = shards.read_manifest(data_root).get("year")
+    if year is not None and year != cfg.data.year:
+        raise UserError(f"the data in {data_root} is ILSVRC-{year}, the config says data.year = "
+                        f"{cfg.data.year}: prepare the right year or use the matching config")
+    classes = len(data.class_names(data_root))
+    if classes != cfg.model.num_classes:
+        raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
+                        f"{cfg.model.num_classes}: set model.num_classes = {classes}")
+
+
+def nothing_to_do(run: Run) -> bool:
+    """A resumed run that has already finished says so (where it stands, where its checkpoint
+    is, how to train further) instead of exiting in silence."""
+    cfg, pos = run.cfg, run.pos
+    done_epochs = pos.epoch >= cfg.schedule.epochs
+    done_steps = bool(cfg.train.max_steps) and pos.step >= cfg.train.max_steps
+    if not (done_epochs or done_steps):
+        return False
+    if run.writer:
+        ckpt = checkpoint.latest(run.run_dir)
+        where = (f"schedule.epochs = {cfg.schedule.epochs}" if done_epochs
+                 else f"train.max_steps = {cfg.train.max_steps}")
+        more = (f"--set schedule.epochs={cfg.schedule.epochs + 10}" if done_epochs
+                else f"--set train.max_steps={pos.step + 1000}")
+        print(f"nothing to train: {run.run_dir} has finished {pos.epoch} epoch(s), step {pos.step:,} "
+              f"({where}); its checkpoint is {ckpt}. To train further: ./run.sh train --run-dir "
+              f"{run.run_dir} --resume {more}, or start a new run with --run-dir", flush=True)
+    return True
+
+
+def train_epoch(run: Run, stop: StopRequest) -> str | None:
+    """Train the rest of epoch run.pos.epoch + 1, checkpointing every train.checkpoint_every
+    steps. Returns why it stopped early (a stop signal, train.max_steps), checkpointed, or None
+    at the end of the epoch."""
+    cfg, pos = run.cfg, run.pos
+    epoch = pos.epoch
+    run.optimizer.set_group_lrs(run.schedule.rates(epoch))
+    run.optimizer.freeze("conv1", run.schedule.conv1_frozen(epoch))
+    run.model.train()
+    window = _Window()
+    left = run.images - pos.step_in_epoch * cfg.data.batch_size  # images left this epoch
+    with Progress(left, f"epoch {epoch + 1}/{cfg.schedule.epochs}", unit="img", quiet=not run.writer) as bar:
+        waited = time.perf_counter()
+        for batch in data.train_batches(run.data_root, cfg, epoch, pos.step_in_epoch, run.part, run.parts,
+                                        pin_memory=run.device.type == "cuda"):
+            x, y = inputs(run, batch)
+            ready = time.perf_counter()
+            loss, logits, stop_now = train_step(run, x, y, stop)
+            window.add(loss, logits, y, len(y) * run.parts, ready - waited, time.perf_counter() - waited)
+            bar.update(len(y) * run.parts)  # images of this step, over every data-parallel pair
+            if run.metrics and pos.step % cfg.train.log_every == 0:
+                run.metrics.write("train", step=pos.step, epoch=epoch + pos.step_in_epoch / run.steps,
+                                  lr=run.schedule.lr(epoch), **window.flush())
+            limit = cfg.train.max_steps and pos.step >= cfg.train.max_steps
+            if stop_now or limit or (cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0):
+                save_checkpoint(run)
+                if stop_now or limit:
+                    return "stop signal" if stop_now else f"train.max_steps = {cfg.train.max_steps}"
             waited = time.perf_counter()
-            for batch in data.train_batches(data_root, cfg, epoch, pos.step_in_epoch, part, parts,
-                                            pin_memory=device.type == "cuda"):
-                x = normalizer.train(batch).to(device, non_blocking=True)
-                y = batch.labels.to(device, non_blocking=True)
-                ready = time.perf_counter()
-                model.reseed_dropout(_mix(cfg.train.seed, epoch, pos.step_in_epoch, part))
-                with autocast:
-                    logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                placement.sync_gradients(model)
-                value = loss.item()
-                bad, stop_now = _agree(distributed, not math.isfinite(value), stop.requested, device)
-                if bad:
-                    raise UserError(
-                        f"loss became {value} at step {pos.step + 1} (epoch {epoch + 1}); stopped "
-                        f"without saving these weights; last good checkpoint: {checkpoint.latest(run_dir)}. "
-                        f"Try a lower optim.lr")
-                optimizer.step()
-                pos.step += 1
-                pos.step_in_epoch += 1
-                window.add(value, logits.detach(), y, len(y) * parts, ready - waited,
-                           time.perf_counter() - waited)
-                bar.update(len(y) * parts)  # images of this step, over every data-parallel pair
-                if metrics and pos.step % cfg.train.log_every == 0:
-                    metrics.write("train", step=pos.step, epoch=epoch + pos.step_in_epoch / steps,
-                                  lr=schedule.lr(epoch), **window.flush())
-                limit = cfg.train.max_steps and pos.step >= cfg.train.max_steps
-                if stop_now or limit or (cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0):
-                    path = save()
-                    if stop_now or limit:
-                        if main_process:
-                            why = "stop signal" if stop_now else f"train.max_steps = {cfg.train.max_steps}"
-                            metrics.write("event", event="stop", reason=why, step=pos.step)
-                            print(f"stopped at step {pos.step} ({why}); checkpoint {path}; "
-                                  f"continue with: ./run.sh train --run-dir {run_dir} --resume", flush=True)
-                        bar.close()
-                        return run_dir
-                waited = time.perf_counter()
-            bar.close()
-            val = validate(model, cfg, data_root, normalizer)
-            pos.epoch, pos.step_in_epoch = epoch + 1, 0
-            reduced = schedule.end_epoch(pos.epoch, val.top1)
-            if metrics:
-                metrics.write("val", epoch=pos.epoch, step=pos.step, lr=schedule.lr(epoch),
-                              views="centre", split=cfg.data.val_split, **val.as_dict())
-                if reduced:
-                    metrics.write("event", event="lr_divided", epoch=pos.epoch, lr=schedule.lr(pos.epoch))
-                print(f"epoch {pos.epoch}: validation top-1 {val.top1:.2%}, top-5 {val.top5:.2%} "
-                      f"(centre crop, {val.images} images)" + ("; learning rate divided" if reduced else ""),
-                      flush=True)
-            save()
-    finally:
-        stop.restore()
-        if metrics:
-            metrics.close()
-    return run_dir
+    return None
+
+
+def inputs(run: Run, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's input (mean subtracted, PCA lighting) and the labels, on the device."""
+    x = run.normalizer.train(batch).to(run.device, run.dtype, non_blocking=True)
+    return x, batch.labels.to(run.device, non_blocking=True)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, stop: StopRequest) -> tuple[float, torch.Tensor, bool]:
+    """One step of SGD (forward, backward, gradients averaged over data-parallel pairs, update).
+    Returns the loss, the logits, and whether to stop now (every process decides alike)."""
+    pos, cfg = run.pos, run.cfg
+    run.model.reseed_dropout(_mix(cfg.train.seed, pos.epoch, pos.step_in_epoch, 0), data.part_rows(cfg, run.part, run.parts))
+    autocast = (torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and run.device.type == "cuda"
+                else contextlib.nullcontext())
+    with autocast:
+        logits = run.forward(x)
+    loss = F.cross_entropy(logits.float(), y)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.placement.sync_gradients(run.model)
+    value = loss.item()
+    bad, stop_now = _agree(run.distributed, not math.isfinite(value), stop.requested, run.device)
+    if bad:
+        raise UserError(
+            f"loss became {value} at step {pos.step + 1} (epoch {pos.epoch + 1}); stopped without "
+            f"saving these weights; last good checkpoint: {checkpoint.latest(run.run_dir)}. Try a lower optim.lr")
+    run.optimizer.step()
+    pos.step += 1
+    pos.step_in_epoch += 1
+    return value, logits.detach(), stop_now
+
+
+def end_epoch(run: Run) -> None:
+    """Validation (centre crop), the schedule's decision, the metrics line, a checkpoint."""
+    epoch = run.pos.epoch
+    val = validate(run.model, run.cfg, run.data_root, run.normalizer)
+    run.pos.epoch, run.pos.step_in_epoch = epoch + 1, 0
+    reduced = run.schedule.end_epoch(run.pos.epoch, val.top1)
+    if run.metrics:
+        run.metrics.write("val", epoch=run.pos.epoch, step=run.pos.step, lr=run.schedule.lr(epoch),
+                          views="centre", split=run.cfg.data.val_split, **val.as_dict())
+        if reduced:
+            run.metrics.write("event", event="lr_divided", epoch=run.pos.epoch, lr=run.schedule.lr(run.pos.epoch))
+        print(f"epoch {run.pos.epoch}: validation top-1 {val.top1:.2%}, top-5 {val.top5:.2%} "
+              f"(centre crop, {val.images} images)" + ("; learning rate divided" if reduced else ""),
+              flush=True)
+    save_checkpoint(run)
+
+
+def save_checkpoint(run: Run) -> Path | None:
+    """Checkpoint the weights, velocities, schedule and position; never a diverged model. In a
+    distributed run pair 0 writes (the other pairs hold the same weights), the writer last."""
+    pos = run.pos
+    finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+    if _agree(run.distributed, not finite, False, run.device)[0]:
+        raise UserError(f"the weights became infinite or NaN at step {pos.step} (epoch {pos.epoch + 1}); "
+                        f"not saved; last good checkpoint: {checkpoint.latest(run.run_dir)}. Try a lower optim.lr")
+    state = {"step": pos.step, "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch,
+             "schedule": run.schedule.state_dict(), "config": run.cfg.name}
+    keep = run.cfg.train.keep_checkpoints
+    if not run.distributed:
+        return checkpoint.save(run.run_dir, pos.step, run.model, run.optimizer, state, keep)
+    path = None
+    if run.placement.pair == 0:
+        path = checkpoint.save(run.run_dir, pos.step, run.model, run.optimizer, state, keep,
+                               write_state=run.writer, barrier=lambda: dist.barrier(run.placement.pair_group))
+    dist.barrier()
+    return path
+
+
+def announce_stop(run: Run, why: str) -> None:
+    if run.writer:
+        run.metrics.write("event", event="stop", reason=why, step=run.pos.step)
+        print(f"stopped at step {run.pos.step} ({why}); checkpoint {checkpoint.latest(run.run_dir)}; "
+              f"continue with: ./run.sh train --run-dir {run.run_dir} --resume", flush=True)
 
 
 def _agree(distributed: bool, bad: bool, stop: bool, device) -> tuple[bool, bool]:

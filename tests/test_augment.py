@@ -11,7 +11,7 @@ from repro import augment, data
 from repro.config import AugmentConfig, Config
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# ImageNet's eigenvalues on the 0-255 scale (cuda-convnet2's metadata; PAPER.md "Scale matters").
+# ImageNet's eigenvalues on the 0-255 scale (cuda-convnet2's metadata; docs/fidelity.md, "PCA lighting").
 IMAGENET_EIGENVALUES = np.array([122.0, 37.0, 20.0]) ** 2
 
 
@@ -64,7 +64,7 @@ def test_centre_crop_is_the_middle_224():
 
 def test_lighting_scale_states_the_pixel_scale():
     # Paper text, lambda read on [0, 1]: lambda01 * 255 = lambda255 / 255, about 58 levels per
-    # unit alpha along p1, so about 5.8 levels at alpha std 0.1 (PAPER.md: "about 5.5").
+    # unit alpha along p1, so about 5.8 levels at alpha std 0.1 (docs/fidelity.md: "about 5.5").
     np.testing.assert_allclose(augment.lighting_scale(IMAGENET_EIGENVALUES, "paper"),
                                [122 ** 2 / 255, 37 ** 2 / 255, 20 ** 2 / 255])
     # Code 145: the standard deviations on 0-255, about 12 levels at alpha std 0.1.

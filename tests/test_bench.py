@@ -87,6 +87,7 @@ def test_real_lrn_benchmark_row_at_a_small_size():
     assert "same-map" in row["what"]
 
 
+@pytest.mark.slow
 def test_real_train_step_benchmark_rows_at_a_small_size():
     """benchmarks/bench_train_step.py end to end at batch 2, one repetition: the rows, not the times."""
     module = bench.load("train_step")

@@ -1,10 +1,12 @@
-"""Every subcommand: --help explains it; bad input is one line and a non-zero exit (issue 8)."""
+"""Every subcommand: --help explains it; bad input is one line and a non-zero exit."""
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from repro import cli
+from repro import cli, rundir
+from tests.tiny_data import small_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,3 +62,23 @@ def test_run_sh_unknown_command_prints_usage_and_fails():
     assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr and "setup" in r.stderr
     r = subprocess.run(["bash", str(REPO / "run.sh")], capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_run_commands_fail_in_one_line(tiny_run, tiny_shards, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rundir.write_config(empty, small_config())
+    rundir.write_provenance(empty, small_config(), tiny_shards, {})
+    no_data = shutil.copytree(tiny_run, tmp_path / "no_data", ignore=shutil.ignore_patterns("eval"))
+    cases = [(["eval", str(empty)], "no finished checkpoint"),
+             (["eval", str(tmp_path / "nothing")], "not a run directory"),
+             (["eval", str(no_data), "--data", str(tmp_path / "gone")], "no prepared data"),
+             (["report", str(tiny_run), str(empty), "--out", str(tmp_path / "r")], "no finished checkpoint"),
+             (["predict", str(empty), "x.jpg"], "no finished checkpoint"),
+             (["export", str(empty)], "no finished checkpoint")]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "r").exists()  # the report checks every run before doing any work

@@ -1,14 +1,16 @@
-"""The demo's generated dataset goes through the real prepare path (issue: the newcomer's path)."""
+"""The demo's generated dataset goes through the real prepare path (the newcomer's path)."""
 import hashlib
 import time
 
 import numpy as np
+import pytest
 
 from data_prep import demo_data, shards
 from data_prep import prepare as prep
 from repro import data
 
 
+@pytest.mark.slow
 def test_generated_archives_are_deterministic_and_prepare_labels_them(tmp_path):
     a = demo_data.generate(tmp_path / "a", train_per_class=3, val_per_class=2, classes=3, seed=5)
     time.sleep(1.1)  # anything that writes the time into a file (a MAT-file header did) shows up

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from repro import lrn as L
+from repro.fast import lrn as fast_lrn
 from tests.tolerance import U32
 
 FLAVOURS = ["paper", "code145"]
@@ -60,7 +61,7 @@ def activations(shape, scale, seed=0, dtype=torch.float32, relu=False):
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """One sample per CPU chunk, so that the chunk boundaries are exercised."""
-    monkeypatch.setattr(L, "CPU_CHUNK_BYTES", 1)
+    monkeypatch.setattr(fast_lrn, "CPU_CHUNK_BYTES", 1)
 
 
 def test_normalisation_is_far_from_identity():

@@ -1,11 +1,12 @@
-"""The model of PAPER.md "Architecture": sizes, shapes, initialisation, fidelity options."""
+"""The model of section 3 (docs/architecture.md): sizes, shapes, initialisation, fidelity options."""
 import dataclasses
 
 import pytest
 import torch
 
 from repro.config import LAYERS, Config, ModelConfig, Widths, load_config
-from repro.model import AlexNet, class_range, count_parameters, from_grouped_state, to_grouped_state
+from repro.grouped import from_grouped_state, to_grouped_state
+from repro.model import AlexNet, count_parameters
 
 PAPER_LAYER_PARAMS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936,
                       "conv5": 442_624, "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000}
@@ -16,7 +17,7 @@ def layer_params(model, layer):
 
 
 def expected_params(w: Widths, towers: int, classes: int = 1000) -> dict:
-    """Parameter count per layer from the widths alone (kernel sizes of PAPER.md)."""
+    """Parameter count per layer from the widths alone (the kernel sizes of section 3.5)."""
     t = towers
     per = {k: v // t for k, v in dataclasses.asdict(w).items()}
     conv = lambda n_in, n_out, k: t * (n_in * k * k * n_out + n_out)  # noqa: E731
@@ -147,6 +148,7 @@ def test_initialisation_layer_by_layer(config):
     assert [getattr(cfg.init.bias, n) for n in LAYERS] == [0, 1, 0, 1, 1, 1, 1, 0]
 
 
+@pytest.mark.slow
 def test_initialisation_depends_on_seed_only():
     a = AlexNet.from_config(Config(), seed=3).state_dict()
     b = AlexNet.from_config(Config(), seed=3).state_dict()
@@ -166,8 +168,8 @@ def test_state_dict_keys_name_tower_and_layer(paper_model):
 
 def test_fc8_split_or_on_tower0():
     split, tower0 = ModelConfig(), ModelConfig(fc8="tower0")
-    assert [len(class_range(split, i)) for i in (0, 1)] == [500, 500]
-    assert [len(class_range(tower0, i)) for i in (0, 1)] == [1000, 0]
+    assert [len(split.logit_range(i)) for i in (0, 1)] == [500, 500]
+    assert [len(tower0.logit_range(i)) for i in (0, 1)] == [1000, 0]
     model = AlexNet.from_config(tower0)
     assert model.towers["0"].fc8.weight.shape == (1000, 4096)
     assert model.towers["1"].fc8.weight.shape == (0, 4096)

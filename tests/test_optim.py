@@ -1,8 +1,12 @@
-"""The paper's update rule and schedules (section 5)."""
+"""The paper's update rule and schedules (section 5), and code 145's (docs/fidelity.md,
+"Learning-rate schedule" and "Bias learning rate")."""
+import dataclasses
+
 import pytest
 import torch
 
-from repro.config import ScheduleConfig
+from repro.config import CONFIG_DIR, ScheduleConfig, Widths, load_config
+from repro.errors import UserError
 from repro.optim import PaperSGD, Schedule
 
 
@@ -125,3 +129,45 @@ def test_code145_biases_get_no_weight_decay():
         w.grad = torch.zeros(1)
         opt.step()
         assert w.item() == pytest.approx(1 - 0.1 * expect)
+
+
+def effective_rates(cfg, epoch: int) -> dict[str, float]:
+    """The rate each parameter group of a model of `cfg` is updated with while training epoch
+    epoch + 1 (0 when frozen), as the trainer sets them."""
+    from repro.model import AlexNet
+
+    model = AlexNet.from_config(dataclasses.replace(cfg.model, num_classes=10,
+                                                    widths=Widths(8, 16, 16, 16, 16, 16, 16)))
+    opt = PaperSGD.from_config(model, cfg.optim)
+    schedule = Schedule(cfg.schedule, cfg.optim.lr)
+    opt.set_group_lrs(schedule.rates(epoch))
+    opt.freeze("conv1", schedule.conv1_frozen(epoch))
+    return {g["name"]: 0.0 if g["frozen"] else g["lr"] * g["lr_mult"] for g in opt.param_groups}
+
+
+def test_code145_rates_follow_its_training_log():
+    """layer-params-145.cfg's log: the weights' rate /10 at epochs 25, 51 and 79; conv1's weights
+    also /10 at 67 ("on conv1") and frozen from 72; the biases at 0.02 throughout, so that the file
+    ends with epsW 0.00001 and epsB 0.02 on conv2-fc8 and 0 on conv1."""
+    cfg = load_config(CONFIG_DIR / "alexnet_2gpu_code145.toml")
+    names = ("rest.weight", "conv1.weight", "rest.bias", "conv1.bias")
+    expect = {0: (0.01, 0.01, 0.02, 0.02), 25: (1e-3, 1e-3, 0.02, 0.02), 51: (1e-4, 1e-4, 0.02, 0.02),
+              66: (1e-4, 1e-4, 0.02, 0.02), 67: (1e-4, 1e-5, 0.02, 0.02), 71: (1e-4, 1e-5, 0.02, 0.02),
+              72: (1e-4, 0.0, 0.02, 0.0), 79: (1e-5, 0.0, 0.02, 0.0), 90: (1e-5, 0.0, 0.02, 0.0)}
+    for epoch, rates in expect.items():
+        got = effective_rates(cfg, epoch)
+        assert [got[n] for n in names] == pytest.approx(rates), epoch
+
+
+def test_paper_rates_are_one_rate_for_every_parameter():
+    cfg = load_config(CONFIG_DIR / "alexnet_2gpu.toml")
+    cfg.schedule.kind, cfg.schedule.drop_epochs = "epochs", [3]  # a drop at a known epoch
+    for epoch, rate in ((0, 0.01), (3, 0.001)):
+        assert list(effective_rates(cfg, epoch).values()) == pytest.approx([rate] * 4)
+
+
+def test_bias_rate_keys_are_checked():
+    with pytest.raises(UserError, match="schedule.bias_lr"):
+        load_config(CONFIG_DIR / "alexnet_2gpu.toml", ["schedule.bias_lr=fixed"])
+    with pytest.raises(UserError, match="schedule.conv1_drop_epochs"):
+        load_config(CONFIG_DIR / "alexnet_2gpu.toml", ["schedule.conv1_drop_epochs=[0]"])

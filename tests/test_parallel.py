@@ -1,4 +1,4 @@
-"""The placements of DESIGN.md give the same network (PAPER.md "Architecture": cross-tower
+"""The placements (docs/architecture.md, "Placements") give the same network (section 3.2: cross-tower
 traffic at conv3's input and every fully-connected layer's input, nowhere else)."""
 import dataclasses
 
@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from repro.config import ModelConfig
-from repro.model import AlexNet, from_grouped_state
+from repro.grouped import from_grouped_state
+from repro.model import AlexNet
 from repro.parallel import Distributed, OneDevice, TwoDevices
 from tests.dist_util import run_gloo
 from tests.tolerance import FLOAT32_NET_TOL, FLOAT64_TOL, rel_err
@@ -71,6 +72,7 @@ def case(request):
     return m, x, y, reference
 
 
+@pytest.mark.slow
 def test_two_devices_equal_one_device(case):
     m, x, y, reference = case
     for dtype in (F64, F32):
@@ -78,6 +80,7 @@ def test_two_devices_equal_one_device(case):
         assert_identical(run(model, x, y, dtype), reference[dtype])
 
 
+@pytest.mark.slow
 def test_grouped_emulation_equals_towers(case):
     m, x, y, reference = case
     assert_same(run(AlexNet.from_config(m, grouped=True, seed=SEED), x, y, F64), reference[F64])
@@ -109,6 +112,7 @@ def _gloo_pair(rank, world, m, x, y, out_dir):
                 "lrn": lrn_out, "float32": result32}, f"{out_dir}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_device(case, tmp_path):
     m, x, y, reference = case
     run_gloo(_gloo_pair, 2, m, x, y, str(tmp_path))
@@ -205,6 +209,7 @@ def _gloo_data_parallel(rank, world, m, x, y, out_dir):
     torch.save({n: p.grad for n, p in model.named_parameters()}, f"{out_dir}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_data_parallel_pairs_equal_one_pair_on_whole_batch(tmp_path):
     m = dataclasses.replace(CONFIGS["paper"])
     x, y = inputs(batch=4)
@@ -217,6 +222,7 @@ def test_data_parallel_pairs_equal_one_pair_on_whole_batch(tmp_path):
             assert rel_err(g, reference[name]) < FLOAT64_TOL, (rank, name)
 
 
+@pytest.mark.slow
 def test_dropout_masks_are_the_same_in_every_placement():
     """Training mode: each tower draws its masks from its own stream, wherever it runs."""
     m = CONFIGS["paper"]

@@ -12,6 +12,7 @@ import scipy.io
 from data_prep import fake_ilsvrc as fake
 from data_prep import images, prepare, shards, sources
 from data_prep.stats import Moments
+from repro import files
 from repro.errors import UserError
 from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 
@@ -21,7 +22,7 @@ def run(src, out, **kw):
 
 
 def shard_hashes(out, split):
-    return [shards.file_sha256(p) for p in shards.list_shards(out, split)]
+    return [files.sha256(p) for p in shards.list_shards(out, split)]
 
 
 def split_contents(out, split):

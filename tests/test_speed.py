@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro import checkpoint, onednn
+from repro import checkpoint
+from repro.fast import linear
 from repro.config import Config, ModelConfig, SpeedConfig
-from repro.model import AlexNet, from_grouped_state
+from repro.grouped import from_grouped_state
+from repro.model import AlexNet
 from repro.parallel import OneDevice
 from repro.train import build_model
 from tests.tolerance import FLOAT32_NET_TOL as TOL
@@ -75,6 +77,7 @@ def assert_same(result, ref, tol, grads=True):
 # near-tie may route a gradient elsewhere. The float32 kernels themselves are held to rule 1 op
 # by op (test_lrn, test_conv1, and the oneDNN test below).
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", SWITCHES)
 def test_each_switch_alone_computes_the_same_step(switch, reference):
     x, y, ref = reference
@@ -83,10 +86,11 @@ def test_each_switch_alone_computes_the_same_step(switch, reference):
     assert_same(train_pass(cfg, x, y), ref["paper", torch.float32], TOL, grads=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("flavour", ["paper", "code145"])
 def test_default_speed_equals_plain_reference(flavour, channels_last, reference):
-    """What the trainer runs by default (every switch but issue 5's channels-last, bf16 and
+    """What the trainer runs by default (every switch but channels-last, bf16 and
     compile), and that plus channels-last (the demo's, on CPUs): dropout masks included."""
     x, y, ref = reference
     defaults = Config().speed
@@ -124,12 +128,12 @@ def test_onednn_linear_equals_linear(shape, monkeypatch):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, n_in, generator=g, requires_grad=True)
     lin = torch.nn.Linear(n_in, n_out)
-    fast = onednn.Linear(n_in, n_out)
+    fast = linear.Linear(n_in, n_out)
     fast.load_state_dict(lin.state_dict())
     gy = torch.randn(n, n_out, generator=g)
     want = torch.autograd.grad(lin(x), (x, lin.weight, lin.bias), gy)
     out = fast(x)
-    if onednn.available(x, fast.weight):
+    if linear.available(x, fast.weight):
         assert "Linear" in type(out.grad_fn).__name__  # oneDNN's path, not F.linear's
     got = torch.autograd.grad(out, (x, fast.weight, fast.bias), gy)
     # sum |terms| of each element (tests/tolerance.py, rule 1): the same products on |values|
@@ -141,21 +145,22 @@ def test_onednn_linear_equals_linear(shape, monkeypatch):
         assert_sums_close(a, b, mag, terms, f"{name} gradient")
     with torch.no_grad():
         assert_sums_close(fast(x), lin(x), mags[0], n_in + 1, "output without autograd")
-    monkeypatch.setattr(onednn, "_matmul", None)  # torch without the op: plain F.linear
-    assert not onednn.available(x, fast.weight)
+    monkeypatch.setattr(linear, "_matmul", None)  # torch without the op: plain F.linear
+    assert not linear.available(x, fast.weight)
     torch.testing.assert_close(fast(x), lin(x), rtol=0, atol=0)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace, as ./run.sh export
 def test_onednn_linear_leaves_empty_other_dtypes_and_tracing_to_torch():
     with pytest.warns(UserWarning, match="zero-element"):
-        empty = onednn.Linear(8, 0)  # code 145's tower 1 holds no part of fc8
+        empty = linear.Linear(8, 0)  # code 145's tower 1 holds no part of fc8
     assert empty(torch.randn(3, 8)).shape == (3, 0)
-    assert not onednn.available(torch.randn(3, 8).double(), torch.randn(2, 8).double())
-    traced = torch.jit.trace(onednn.Linear(8, 4).eval(), torch.randn(3, 8))  # as ./run.sh export does
+    assert not linear.available(torch.randn(3, 8).double(), torch.randn(2, 8).double())
+    traced = torch.jit.trace(linear.Linear(8, 4).eval(), torch.randn(3, 8))  # as ./run.sh export does
     assert "mkldnn" not in str(traced.inlined_graph) and "linear" in str(traced.inlined_graph)
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_stops_refaulting_big_blocks():
     """In a fresh process: re-allocating freed 80 MB blocks faults pages in afresh every time by
     default, and (after the heap has grown once) hardly at all with keep_freed_memory()."""
@@ -165,7 +170,7 @@ def test_keep_freed_memory_stops_refaulting_big_blocks():
         pytest.skip("keep_freed_memory works on glibc only")
     script = textwrap.dedent("""
         import resource, sys, torch
-        from repro.cpu_memory import keep_freed_memory
+        from repro.fast.memory import keep_freed_memory
         if sys.argv[1] == "keep":
             assert keep_freed_memory()
         def faults():
@@ -185,6 +190,7 @@ def test_keep_freed_memory_stops_refaulting_big_blocks():
     assert counts["keep"] < counts["default"] / 10, counts
 
 
+@pytest.mark.slow
 def test_grouped_default_writes_tower_checkpoints_that_load_anywhere(tmp_path):
     cfg = config(Config().speed)
     grouped = build_model(cfg, OneDevice("cpu"))

@@ -1,7 +1,9 @@
 """Training (section 5): learning, exact resume, signals, NaN, distributed pairs. Tiny scale."""
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,14 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dist_util import run_gloo
 from repro import checkpoint, rundir
 from repro.config import Widths
 from repro.errors import UserError
 from repro.model import AlexNet
 from repro.optim import PaperSGD
 from repro.train import train
+from tests.dist_util import run_gloo
 from tests.tiny_data import SMALL, small_config
+from tests.tolerance import FLOAT64_TOL, rel_err
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,6 +36,7 @@ def weights(run_dir) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_a_small_batch(tiny_shards):
     from repro import data
 
@@ -98,6 +102,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_shards, tmp_path):
     assert str(checkpoint.latest(run)) in str(e.value)
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_resumable_run(tiny_shards, tmp_path):
     run = tmp_path / "sig"
     args = [sys.executable, "-m", "repro", "train", "--data", str(tiny_shards), "--run-dir", str(run),
@@ -116,32 +121,84 @@ def test_sigterm_leaves_a_resumable_run(tiny_shards, tmp_path):
     assert checkpoint.read_state(checkpoint.latest(resumed))["step"] == state["step"] + 1
 
 
+# Launches compared with one process. Pairs and processes run other kernels (one thread each,
+# other batch shapes), so the runs train in float64 (train.dtype), where the same steps give the
+# same weights within tests/tolerance.py's FLOAT64_TOL: a slip in the exchanges, the averaging
+# over pairs, the batch split or the dropout masks moves them by far more.
+F64 = ["train.max_steps=3", "train.dtype=float64"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_shards, tmp_path_factory):
+    """3 float64 steps in one process: the reference for every launch below."""
+    return weights(train(small_config(*F64), tiny_shards, tmp_path_factory.mktemp("one") / "run"))
+
+
+def assert_same_weights(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys() and len(want) == 2 * 2 * 16  # params and velocities, two towers
+    for name in want:
+        assert rel_err(got[name], want[name]) < FLOAT64_TOL, name
+
+
 def _gloo_train(rank, world, data_root, run_dir):
-    cfg = small_config("train.max_steps=3", "train.placement=distributed")
-    train(cfg, Path(data_root), Path(run_dir))
+    train(small_config(*F64, "train.placement=distributed"), Path(data_root), Path(run_dir))
 
 
-def test_two_gloo_processes_train_like_one_device(tiny_shards, tmp_path):
-    one = train(small_config("train.max_steps=3"), tiny_shards, tmp_path / "one")
+@pytest.mark.slow
+def test_two_gloo_processes_train_like_one_device(tiny_shards, tmp_path, one_process):
     run_gloo(_gloo_train, 2, str(tiny_shards), str(tmp_path / "pair"))
-    a, b = weights(one), weights(tmp_path / "pair")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert_same_weights(weights(tmp_path / "pair"), one_process)
 
 
-def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path):
+def launch_args(tiny_shards, run, *extra):
+    return ["--data", str(tiny_shards), "--run-dir", str(run),
+            *sum((["--set", s] for s in SMALL + F64 + ["train.placement=distributed", *extra]), [])]
+
+
+@pytest.mark.slow
+def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path, one_process):
     """./run.sh train --nproc 2: torchrun starts two gloo processes, one tower each."""
     run = tmp_path / "np2"
-    args = [sys.executable, "-m", "repro", "train", "--nproc", "2", "--data", str(tiny_shards),
-            "--run-dir", str(run), *sum((["--set", s] for s in SMALL + ["train.max_steps=2",
-                                                                        "train.placement=distributed"]), [])]
+    args = [sys.executable, "-m", "repro", "train", "--nproc", "2", *launch_args(tiny_shards, run)]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = checkpoint.latest(run)
     assert sorted(p.name for p in ckpt.iterdir()) == ["state.pt", "tower0.pt", "tower1.pt"]
-    assert checkpoint.read_state(ckpt)["step"] == 2 and str(ckpt) in r.stdout
+    assert checkpoint.read_state(ckpt)["step"] == 3 and str(ckpt) in r.stdout
     assert json.loads((run / rundir.PROVENANCE).read_text())["world_size"] == 2
+    assert_same_weights(weights(run), one_process)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_node_launch_line_on_localhost(tiny_shards, tmp_path, one_process):
+    """The README's line for several machines, run literally on one: two torchrun agents
+    ("nodes") of two processes each meet at a c10d rendezvous, i.e. two model-parallel pairs,
+    data parallel; after the same 3 steps their weights equal the one-process run's."""
+    run = tmp_path / "nodes"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    line = [*launcher, "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "multi-node-test",
+            "-m", "repro", "train", *launch_args(tiny_shards, run)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    agents = [subprocess.Popen(line, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    try:
+        outs = [a.communicate(timeout=300)[0] for a in agents]
+    finally:
+        for a in agents:
+            a.kill()
+    assert all(a.returncode == 0 for a in agents), "\n".join(o[-2000:] for o in outs)
+    prov = json.loads((run / rundir.PROVENANCE).read_text())
+    assert prov["world_size"] == 4 and prov["placement"] == "Distributed"
+    assert checkpoint.read_state(checkpoint.latest(run))["step"] == 3
+    assert_same_weights(weights(run), one_process)
 
 
 def test_a_run_is_never_silently_mixed_with_another(tiny_shards, tmp_path):
@@ -162,6 +219,7 @@ def test_a_run_is_never_silently_mixed_with_another(tiny_shards, tmp_path):
     assert checkpoint.read_state(checkpoint.latest(run))["step"] == 2
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "repro", "train", *args], cwd=REPO,
@@ -174,3 +232,36 @@ def test_cli_errors_are_one_line(tmp_path):
     r = run("--resume")
     assert r.returncode == 2 and "--run-dir" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_finished_run_says_so_and_how_to_go_on(tiny_shards, tmp_path, capsys):
+    from repro.train import main
+
+    run = tmp_path / "done"
+    args = ["--data", str(tiny_shards), "--run-dir", str(run), *sum((["--set", s] for s in SMALL), [])]
+    main(args + ["--set", "schedule.epochs=1"])
+    capsys.readouterr()
+    resume = ["--data", str(tiny_shards), "--run-dir", str(run), "--resume"]
+    assert main(resume) == 0
+    out = capsys.readouterr().out
+    ckpt = checkpoint.latest(run)
+    assert "nothing to train" in out and "1 epoch(s), step 5" in out and str(ckpt) in out
+    assert "--set schedule.epochs=" in out and checkpoint.latest(run) == ckpt  # nothing written
+    main(resume + ["--set", "schedule.epochs=2"])  # as the message says: one more epoch
+    assert checkpoint.read_state(checkpoint.latest(run))["epoch"] == 2
+
+
+def test_the_trainer_sets_each_groups_rate_from_the_schedule(tiny_shards, tmp_path, monkeypatch):
+    """Code 145's extra conv1 drop and constant bias rate reach the optimiser, epoch by epoch."""
+    from repro.optim import Schedule
+
+    seen = []
+    set_group_lrs = PaperSGD.set_group_lrs
+    monkeypatch.setattr(PaperSGD, "set_group_lrs", lambda self, rates: (seen.append(dict(rates)), set_group_lrs(self, rates)))
+    cfg = small_config("schedule.kind=epochs", "schedule.drop_epochs=[2]", "schedule.conv1_drop_epochs=[1]",
+                       "schedule.bias_lr=constant", "schedule.epochs=3", "train.max_steps=11")
+    train(cfg, tiny_shards, tmp_path / "r")
+    lr = cfg.optim.lr
+    assert seen == [Schedule(cfg.schedule, lr).rates(e) for e in (0, 1, 2)]
+    assert seen[1] == {"rest.weight": lr, "conv1.weight": lr / 10, "rest.bias": lr, "conv1.bias": lr}
+    assert seen[2] == {"rest.weight": lr / 10, "conv1.weight": lr / 100, "rest.bias": lr, "conv1.bias": lr}

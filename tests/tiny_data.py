@@ -1,5 +1,6 @@
 """A tiny prepared dataset for tests: a few classes, a few dozen 256x256 images, written through
-the shard schema (data_prep.shards) exactly as `./run.sh prepare` writes ImageNet.
+the shard schema (data_prep.shards) exactly as `./run.sh prepare` writes ImageNet; the small
+config that trains on it in seconds; and a run directory holding an untrained model.
 
 Each class has its own colour and stripe orientation (plus noise), so a tiny training run can
 learn something. Generation is fast (well under a second for the defaults).
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep import shards
+from repro import files
 
 SIZE = shards.IMAGE_SIZE
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +97,7 @@ def make_tiny_shards(root: str | Path, n_train: int = 40, n_val: int = 12, class
                                filenames=[f"{split}_{i:05d}.JPEG" for i in range(lo, hi)],
                                class_wnids=wnids, class_words=words, split=split, index=index)
             entries.append({"name": name, "count": hi - lo, "bytes": (root / name).stat().st_size,
-                            "sha256": shards.file_sha256(root / name)})
+                            "sha256": files.sha256(root / name)})
         manifest_splits[split] = {"count": n, "per_class": np.bincount(labels, minlength=classes)
                                   .tolist(), "shards": entries}
     shards.write_stats(root, _stats(train_images))
@@ -106,3 +108,16 @@ def make_tiny_shards(root: str | Path, n_train: int = 40, n_val: int = 12, class
         "splits": manifest_splits, "sources": [], "rejects": {"count": 0, "file": ""},
     })
     return root
+
+
+def fake_run(root, run_dir, seed: int) -> Path:
+    """A run directory holding an untrained small model (initialised from `seed`) as its checkpoint."""
+    from repro import checkpoint, rundir
+    from repro.model import AlexNet
+
+    cfg = small_config(*SIGNAL, f"train.seed={seed}")
+    run_dir.mkdir(parents=True)
+    rundir.write_config(run_dir, cfg)
+    rundir.write_provenance(run_dir, cfg, root, {})
+    checkpoint.save(run_dir, 1, AlexNet.from_config(cfg), None, {"step": 1, "epoch": 0}, keep=1)
+    return run_dir

@@ -1,9 +1,9 @@
-"""conv1's space-to-depth weight gradient (repro/conv1.py) against torch's own convolution."""
+"""conv1's space-to-depth weight gradient (repro/fast/conv1_grad.py) against torch's own convolution."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from repro.conv1 import StridedConv2d, kernels_from_depth, kernels_to_depth, space_to_depth, weight_grad
+from repro.fast.conv1_grad import StridedConv2d, kernels_from_depth, kernels_to_depth, space_to_depth, weight_grad
 from tests.tolerance import assert_sums_close
 
 

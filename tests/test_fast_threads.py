@@ -1,4 +1,4 @@
-"""repro.cpu_threads: every part done once, on single-threaded workers, errors surface, and the
+"""repro.fast.threads: every part done once, on single-threaded workers, errors surface, and the
 caller's thread settings are left as they were."""
 import threading
 
@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from repro import cpu_threads
-from repro.cpu_threads import run_parts
+from repro.fast import threads
+from repro.fast.threads import run_parts
 
 
 @pytest.fixture
@@ -20,24 +20,24 @@ def two_threads():
 
 
 def test_every_part_once_on_single_threaded_workers(two_threads):
-    seen, threads, lock = [], set(), threading.Lock()
+    seen, workers, lock = [], set(), threading.Lock()
     together = threading.Barrier(2, timeout=10)  # passes only if two workers run side by side
 
     def work(mine):
         together.wait()
         with lock:
             seen.extend(mine)
-            threads.add((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+            workers.add((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
 
     run_parts(work, range(11))
     assert sorted(seen) == list(range(11))
-    assert len(threads) == 2
-    assert all(n == 1 and inference for _, n, inference in threads)
-    assert threading.get_ident() not in {t for t, _, _ in threads}
+    assert len(workers) == 2
+    assert all(n == 1 and inference for _, n, inference in workers)
+    assert threading.get_ident() not in {t for t, _, _ in workers}
 
 
 def test_caller_and_later_threads_keep_their_thread_count(two_threads, monkeypatch):
-    monkeypatch.setattr(cpu_threads, "_pool", None)  # so that this test starts the workers
+    monkeypatch.setattr(threads, "_pool", None)  # so that this test starts the workers
     run_parts(lambda mine: None, range(4))
     assert torch.get_num_threads() == 2
     counts = []

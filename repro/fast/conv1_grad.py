@@ -1,4 +1,4 @@
-"""conv1's weight gradient by space-to-depth (a speed path; the function is unchanged).
+"""conv1's weight gradient by space-to-depth (a speed path: the same function, computed faster).
 
 conv1 (section 3.5: 11x11 kernels, stride 4, on the 3 colour channels) is the one layer whose
 weight gradient the CPU library computes badly: on this project's 2-core CPU, oneDNN took
@@ -14,7 +14,7 @@ For conv1: [B, 3, 228, 228] -> [B, 48, 57, 57], kernels [96, 3, 11, 11] -> [96, 
 the plain F.conv2d (without padding, the very call nn.Conv2d makes, so bit-identical; with
 padding the input is padded first, which may select another kernel: equal within float32
 rounding), and the weight gradient is the same sum of products in another order (equal within
-float32 rounding; tests/test_conv1.py states the bound).
+float32 rounding; tests/test_fast_conv1_grad.py states the bound).
 """
 from __future__ import annotations
 

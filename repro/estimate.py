@@ -1,6 +1,6 @@
 """The model's arithmetic, and an ESTIMATE of its training speed on GPUs (`./run.sh bench --model`).
 
-Arithmetic (exact, from the layer shapes of PAPER.md "Architecture"; tests/test_throughput.py
+Arithmetic (exact, from the layer shapes of docs/architecture.md; tests/test_estimate.py
 holds it against the model itself):
     forward multiply-adds per image, per layer (conv1 ... fc8; about 0.72 G in all)
     training FLOPs per image = 2 x multiply-adds x 3 (forward, and a backward pass of twice the
@@ -212,7 +212,7 @@ def report(m: ModelConfig | None = None) -> str:
         lines.append(f"  {layer.name:6} {layer.macs:12,} {layer.train_flops:12,} {layer.params:11,}")
     lines += [f"  {'all':6} {forward_macs(m):12,} {train_flops(m):12,} {sum(x.params for x in ls):11,}",
               "  training FLOPs = 2 x MACs x 3 (backward = 2 x forward), conv1 x 2 (no input gradient)",
-              f"  exchanged between towers, forward, bytes per image: "
+              "  exchanged between towers, forward, bytes per image: "
               + ", ".join(f"{k} {v:,}" for k, v in exchange_bytes(m).items()) + " (as much again backward)",
               f"  memory-bound traffic: {activation_bytes(m) / 1e6:.1f} MB per image (ReLU, LRN, pool, "
               f"dropout), update {update_bytes(m) / 1e6:.0f} MB per step", "",

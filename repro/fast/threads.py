@@ -1,6 +1,6 @@
 """Run independent pieces of CPU tensor work side by side, one single-threaded worker per core.
 
-Why (issue 7, measured with benchmarks/bench_lrn.py): a chain of many small PyTorch ops, such as
+Why (measured with benchmarks/bench_lrn.py): a chain of many small PyTorch ops, such as
 the fast LRN's passes over cache-sized chunks of a batch, opens one OpenMP parallel region per
 op. On a machine shared with other processes (data-loader workers, other jobs), each region
 waits for its slowest, descheduled thread, and the chain became many times slower than on a

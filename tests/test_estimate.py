@@ -1,12 +1,12 @@
-"""The arithmetic under `./run.sh bench --model` (repro/throughput.py) against the model itself and
-PAPER.md. The estimated img/s depend on assumed utilisations and are not tested; only that the
+"""The arithmetic under `./run.sh bench --model` (repro/estimate.py) against the model itself and
+the paper. The estimated img/s depend on assumed utilisations and are not tested; only that the
 estimate is consistent arithmetic (scaling, units)."""
 import dataclasses
 
 import pytest
 import torch
 
-from repro import bench, throughput
+from repro import bench, estimate
 from repro.config import LAYERS, ModelConfig, Widths
 from repro.model import AlexNet, count_parameters
 from repro.parallel import OneDevice
@@ -20,11 +20,11 @@ CONFIGS = {
 
 
 def test_forward_cost_is_the_papers_072_g_multiply_adds():
-    macs = throughput.forward_macs(ModelConfig())
-    assert abs(macs / 0.72e9 - 1) < 0.02  # PAPER.md: about 0.72 G per 224x224 image
-    rule = sum(2 * layer.macs * 3 for layer in throughput.layers(ModelConfig()))
-    conv1 = throughput.layers(ModelConfig())[0]
-    assert throughput.train_flops(ModelConfig()) == rule - 2 * conv1.macs  # no input gradient
+    macs = estimate.forward_macs(ModelConfig())
+    assert abs(macs / 0.72e9 - 1) < 0.02  # about 0.72 G per 224x224 image (docs/architecture.md)
+    rule = sum(2 * layer.macs * 3 for layer in estimate.layers(ModelConfig()))
+    conv1 = estimate.layers(ModelConfig())[0]
+    assert estimate.train_flops(ModelConfig()) == rule - 2 * conv1.macs  # no input gradient
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -32,7 +32,7 @@ def test_layers_match_the_model(name):
     """Parameters per layer and every layer's output size, against a real forward pass."""
     m = CONFIGS[name]
     model = AlexNet.from_config(m).eval()
-    layers = {layer.name: layer for layer in throughput.layers(m)}
+    layers = {layer.name: layer for layer in estimate.layers(m)}
     assert list(layers) == list(LAYERS)
     assert sum(layer.params for layer in layers.values()) == count_parameters(model)
     outputs = {}
@@ -48,7 +48,7 @@ def test_layers_match_the_model(name):
     for name_, layer in layers.items():
         assert outputs[name_] == layer.out_maps * layer.out_size ** 2, name_
     if name == "paper":
-        assert throughput.train_flops(m) * 128 == pytest.approx(529.4e9, rel=1e-3)
+        assert estimate.train_flops(m) * 128 == pytest.approx(529.4e9, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["paper", "no_cross_links"])
@@ -58,41 +58,41 @@ def test_exchange_bytes_match_the_placements_log(name):
     model = AlexNet.from_config(m, placement=place).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224))
-    assert throughput.exchange_bytes(m) == place.log.bytes
+    assert estimate.exchange_bytes(m) == place.log.bytes
 
 
 def test_update_and_activation_bytes_follow_the_sizes():
     m = ModelConfig()
-    assert throughput.update_bytes(m) == 5 * 4 * 60_965_224
+    assert estimate.update_bytes(m) == 5 * 4 * 60_965_224
     no_lrn = dataclasses.replace(m, lrn="none")
     conv1_2 = 4 * (96 * 55 * 55 + 256 * 27 * 27)
-    assert throughput.activation_bytes(m) - throughput.activation_bytes(no_lrn) == 8 * conv1_2
+    assert estimate.activation_bytes(m) - estimate.activation_bytes(no_lrn) == 8 * conv1_2
 
 
 def _setup(**changes):
-    return dataclasses.replace(throughput.SETUPS[1], **changes)  # one current GPU
+    return dataclasses.replace(estimate.SETUPS[1], **changes)  # one current GPU
 
 
 def test_halving_the_work_per_gpu_doubles_throughput_when_links_are_free():
     m = ModelConfig()
-    free = throughput.Link("free", float("inf"), "")
-    one = throughput.estimate(_setup(), m)["img_per_s"]
-    two = throughput.estimate(_setup(gpus_per_model=2, link=free), m)["img_per_s"]
+    free = estimate.Link("free", float("inf"), "")
+    one = estimate.estimate(_setup(), m)["img_per_s"]
+    two = estimate.estimate(_setup(gpus_per_model=2, link=free), m)["img_per_s"]
     assert two == pytest.approx(2 * one)
-    real = throughput.estimate(_setup(gpus_per_model=2, link=throughput.NVLINK3), m)["img_per_s"]
+    real = estimate.estimate(_setup(gpus_per_model=2, link=estimate.NVLINK3), m)["img_per_s"]
     assert one < real < 2 * one  # exchanges cost something, not everything
-    pair = throughput.estimate(_setup(gpus_per_model=2, link=free), m)
-    pairs = throughput.estimate(_setup(gpus_per_model=2, replicas=4, link=free, dp_link=free), m)
+    pair = estimate.estimate(_setup(gpus_per_model=2, link=free), m)
+    pairs = estimate.estimate(_setup(gpus_per_model=2, replicas=4, link=free, dp_link=free), m)
     assert pairs["step_ms"]["compute"] == pytest.approx(pair["step_ms"]["compute"] / 4)
     assert pairs["step_ms"]["allreduce"] == 0  # free links; the update is still done by every pair
     assert 3.5 * pair["img_per_s"] < pairs["img_per_s"] < 4 * pair["img_per_s"]
-    slow = throughput.estimate(_setup(gpus_per_model=2, link=throughput.PCIE2), m)["step_ms"]
-    fast = throughput.estimate(_setup(gpus_per_model=2, link=throughput.NVLINK3), m)["step_ms"]
-    assert slow["exchange"] / fast["exchange"] == pytest.approx(throughput.NVLINK3.bandwidth / throughput.PCIE2.bandwidth)
+    slow = estimate.estimate(_setup(gpus_per_model=2, link=estimate.PCIE2), m)["step_ms"]
+    fast = estimate.estimate(_setup(gpus_per_model=2, link=estimate.NVLINK3), m)["step_ms"]
+    assert slow["exchange"] / fast["exchange"] == pytest.approx(estimate.NVLINK3.bandwidth / estimate.PCIE2.bandwidth)
 
 
 def test_wall_time_is_ninety_epochs_of_imagenet():
-    e = throughput.estimate(throughput.SETUPS[0], ModelConfig())
+    e = estimate.estimate(estimate.SETUPS[0], ModelConfig())
     assert e["days_90_epochs"] * 86400 * e["img_per_s"] == pytest.approx(1_281_167 * 90)
     assert e["img_per_s"] == pytest.approx(128 / (sum(e["step_ms"].values()) / 1000))
 
@@ -101,7 +101,7 @@ def test_bench_model_prints_the_labelled_estimate(capsys):
     assert bench.main(["--model"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ESTIMATE") and "Assumptions:" in out and "five to six days" in out
-    for setup in throughput.SETUPS:
+    for setup in estimate.SETUPS:
         assert setup.name in out
     assert bench.main(["--model", "--json"]) == 0
     import json

@@ -1,0 +1,67 @@
+"""Files written whole or not at all, and their hashes: the one helper every writer uses
+(prepare's shards, stats, manifest and lists; a run's config, provenance, eval records, reports;
+checkpoints).
+
+A file is written under a temporary name beside its final one (".<name>.partial", which readers
+never list), flushed to the disk, and renamed into place: a reader sees the old file or the new
+one, never half of one, and a crash leaves at most a .partial file, which the next writer
+replaces. `durable=False` skips the flush (the rename is still atomic): for files whose loss in
+a power failure costs nothing but a rerun.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def tmp_name(path: str | Path) -> Path:
+    """Where `path` is written before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def fsync(path: str | Path) -> None:
+    """Flush a file's data, or a directory's entries (its renames), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace(tmp: str | Path, path: str | Path, durable: bool = True) -> None:
+    """Rename a finished temporary file into place, after flushing it if `durable`."""
+    if durable:
+        fsync(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], object],
+                 durable: bool = True) -> Path:
+    """Write `content` (text, bytes, or a function that writes to a binary file) to `path` whole."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+        replace(tmp, path, durable)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read into one reused buffer (no new memory to fault in per block)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
