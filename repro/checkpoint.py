@@ -1,20 +1,25 @@
 """Checkpoints: one directory per checkpoint, one file per tower, written atomically.
 
     checkpoints/step-00001234/
-        tower0.pt   {"params": {towers.0.* tensors}, "velocity": {same keys}}
+        tower0.pt    {"params": {towers.0.* tensors}, "velocity": {same keys}}
         tower1.pt
-        state.pt    {"step", "epoch", "step_in_epoch", "schedule", "config", ...}  (written last)
+        state.pt     {"step", "epoch", "step_in_epoch", "schedule", "config", ...}
+        sha256.json  {"state.pt": ..., "tower0.pt": ..., "tower1.pt": ...}  (written last)
 
 One file per tower lets each process of a model-parallel pair write and read only its own tower.
 The directory is written under a temporary name and renamed when complete, so a crash never
-leaves a half-written checkpoint that looks finished. Files are read with
-torch.load(weights_only=True): plain tensors and numbers only, no pickled code.
+leaves a half-written checkpoint that looks finished. Every file's SHA-256 is recorded and
+checked when the file is loaded: a checkpoint damaged on disk (a flipped bit, a truncated copy)
+is reported, never loaded, and `load_newest` falls back to the previous sound one, saying so.
+Files are read with torch.load(weights_only=True): plain tensors and numbers only, no pickled code.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +29,11 @@ from repro.errors import UserError
 from repro.grouped import from_grouped_state, to_grouped_state
 
 _CKPT = re.compile(r"^step-(\d{8})$")
+DIGESTS = "sha256.json"
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that is missing, unreadable, or not what was written."""
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -82,6 +92,8 @@ def save(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: in
         barrier()
     if write_state:
         torch.save(state, tmp / "state.pt")
+        digests = {f.name: files.sha256(f) for f in sorted(tmp.glob("*.pt"))}
+        (tmp / DIGESTS).write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             files.fsync(f)
         if final.exists():
@@ -92,23 +104,50 @@ def save(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: in
     return final
 
 
+def digests(ckpt: str | Path) -> dict[str, str]:
+    """The SHA-256 of each file as written ({} for a checkpoint from before digests were kept)."""
+    path = Path(ckpt) / DIGESTS
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged ({DIGESTS} is not readable)") from None
+
+
+def check(ckpt: str | Path, names: list[str]) -> None:
+    """Raise DamagedCheckpoint unless each named file is there with the SHA-256 it was written with."""
+    ckpt = Path(ckpt)
+    recorded = digests(ckpt)
+    for name in names:
+        path = ckpt / name
+        if not path.is_file():
+            raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged ({name} is missing)")
+        if recorded and files.sha256(path) != recorded.get(name):
+            raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged ({name} differs from what was written: "
+                                    f"its SHA-256 is not the one in {DIGESTS})")
+
+
 def _load(path: Path, device="cpu"):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"checkpoint file {path} is missing") from None
+        raise DamagedCheckpoint(f"checkpoint file {path} is missing") from None
     except Exception as e:  # a truncated or foreign file
-        raise UserError(f"checkpoint file {path} cannot be read ({type(e).__name__}: {e})") from None
+        raise DamagedCheckpoint(f"checkpoint file {path} cannot be read ({type(e).__name__}: {e})") from None
 
 
 def read_state(ckpt: str | Path) -> dict:
+    check(ckpt, ["state.pt"])
     return _load(Path(ckpt) / "state.pt")
 
 
 def load_into(ckpt: str | Path, model, optimizer=None) -> dict:
-    """Load the towers this model holds (and their velocities) from a checkpoint; return state.pt."""
+    """Load the towers this model holds (and their velocities) from a checkpoint, each file
+    checked against its recorded SHA-256 first; return state.pt."""
     ckpt = Path(ckpt)
     towers = range(model.m.towers) if model.grouped else [int(k) for k in model.towers]
+    check(ckpt, [f"tower{t}.pt" for t in towers] + ["state.pt"])
     params, velocity = {}, {}
     for t in towers:
         entry = _load(ckpt / f"tower{t}.pt")
@@ -127,4 +166,21 @@ def load_into(ckpt: str | Path, model, optimizer=None) -> dict:
             p.copy_(params[n])
             if optimizer is not None and n in velocity:
                 optimizer.state[p]["velocity"] = velocity[n].to(p.device).clone()
-    return read_state(ckpt)
+    return _load(ckpt / "state.pt")
+
+
+def newest_sound(run_dir: str | Path, say=None) -> Path | None:
+    """The newest checkpoint of a run whose every file is as written (None if there is none). A
+    damaged newer one is reported with `say` (default: a line on stderr), never used silently."""
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    dirs = checkpoint_dirs(run_dir)
+    for k, ckpt in enumerate(reversed(dirs)):
+        try:
+            check(ckpt, sorted(p.name for p in ckpt.glob("*.pt")))
+        except DamagedCheckpoint as e:
+            say(f"warning: {e}; " + ("trying the previous checkpoint" if k + 1 < len(dirs) else "it was the oldest"))
+            continue
+        if k:
+            say(f"warning: using {ckpt}, the newest sound checkpoint of {run_dir}")
+        return ckpt
+    return None

@@ -9,6 +9,8 @@ do not divide between the towers.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
@@ -307,6 +309,8 @@ def _checked(value: Any, kind, f: dataclasses.Field, name: str, where: str):
         ok = all(isinstance(v, (int, float, str)) for v in value)
     if not ok:
         raise UserError(f"{where}: '{name}' must be {_type_name(base)}, got {value!r}")
+    if base is float and not math.isfinite(value):  # TOML has nan and inf; no setting takes them
+        raise UserError(f"{where}: '{name}' = {value!r} must be a finite number")
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
         allowed = ", ".join(map(str, meta["choices"]))
@@ -336,6 +340,8 @@ def check(cfg: Config, where: str = "config") -> None:
                 raise UserError(f"{where}: 'schedule.{key}' must list epochs >= 1, got {value!r}")
     if cfg.schedule.kind == "epochs" and not cfg.schedule.drop_epochs:
         raise UserError(f"{where}: 'schedule.kind' = 'epochs' needs 'schedule.drop_epochs'")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device):
+        raise UserError(f"{where}: 'train.device' = {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.augment.crop > 256:
         raise UserError(f"{where}: 'augment.crop' = {cfg.augment.crop} is larger than the 256 images")
     for layer in LAYERS:
@@ -376,11 +382,21 @@ def dumps_toml(cfg: Config) -> str:
     return "\n".join(lines).lstrip() + "\n"
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: backslash, quote and every control character escaped, so that any
+    text (a description over several lines, say) reads back unchanged."""
+    return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in text) + '"'
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)

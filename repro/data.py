@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ from repro.errors import UserError
 
 # Tags that keep the independent random streams of (seed, epoch) apart.
 _SHUFFLE, _AUGMENT = 0x5A1, 0xA06
+
+
+class DataError(UserError):
+    """Prepared data that is missing, damaged, or changed under a reader."""
 
 
 @dataclass
@@ -92,41 +97,53 @@ class Split:
         return int(self.counts.sum())
 
 
+def read_manifest(root: str | Path) -> dict:
+    """A prepared directory's manifest.json; a DataError in one line if it is missing or damaged
+    (data_prep.shards.read_manifest checks its structure)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"no prepared data at {root}: run './run.sh prepare' "
+                        "(or './run.sh demo' for a small generated dataset)")
+    try:
+        return shards.read_manifest(root)
+    except FileNotFoundError:
+        raise DataError(f"{root} holds no finished preparation ({shards.MANIFEST} missing): "
+                        "run './run.sh prepare' (again, if it was interrupted)") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{root / shards.MANIFEST} is damaged ({type(e).__name__}: {e}): "
+                        "run './run.sh prepare' again") from None
+
+
 def open_split(root: str | Path, split: str) -> Split:
     """Metadata and labels of a split's shards; a UserError names anything missing or damaged."""
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"no prepared data at {root}: run './run.sh prepare' "
-                        "(or './run.sh demo' for a small generated dataset)")
+    manifest = read_manifest(root)
     try:
-        manifest = shards.read_manifest(root)
-    except FileNotFoundError:
-        raise UserError(f"{root} holds no finished preparation ({shards.MANIFEST} missing): "
+        listed = manifest.get("splits", {}).get(split, {}).get("shards", [])
+    except AttributeError:
+        raise DataError(f"{root / shards.MANIFEST} is damaged (its splits are not a table): "
                         "run './run.sh prepare' again") from None
-    except ValueError as e:
-        raise UserError(f"{root / shards.MANIFEST} is damaged ({e}): run './run.sh prepare' again") from None
-    listed = manifest.get("splits", {}).get(split, {}).get("shards", [])
     if not listed:
         raise UserError(f"{root} has no '{split}' split: prepare it first")
     metas, labels = [], []
     for entry in listed:
         path = root / entry["name"]
         if not path.is_file():
-            raise UserError(f"shard {path} is missing (listed in {shards.MANIFEST}): prepare again")
+            raise DataError(f"shard {path} is missing (listed in {shards.MANIFEST}): prepare again")
         try:
             meta = shards.read_meta(path)
             lab = shards.read_labels(path)
         except (OSError, KeyError, ValueError) as e:
-            raise UserError(f"shard {path} is damaged or unreadable ({e}): prepare again") from None
+            raise DataError(f"shard {path} is damaged or unreadable ({e}): prepare again") from None
         if meta.count != entry["count"] or len(lab) != meta.count:
-            raise UserError(f"shard {path} holds {meta.count} images, the manifest says "
+            raise DataError(f"shard {path} holds {meta.count} images, the manifest says "
                             f"{entry['count']}: prepare again")
         if meta.images_offset is None:
-            raise UserError(f"shard {path}: images are not stored contiguously, so they cannot be "
+            raise DataError(f"shard {path}: images are not stored contiguously, so they cannot be "
                             "memory-mapped: prepare again with this version")
         need = meta.images_offset + meta.count * shards.IMAGE_SIZE ** 2 * 3
         if path.stat().st_size < need:
-            raise UserError(f"shard {path} is truncated ({path.stat().st_size} of {need} bytes): "
+            raise DataError(f"shard {path} is truncated ({path.stat().st_size} of {need} bytes): "
                             "prepare again")
         metas.append(meta)
         labels.append(lab)
@@ -151,8 +168,25 @@ class _Images:
         if self._pid != os.getpid():  # forked: open our own maps
             self._maps, self._pid = {}, os.getpid()
         if j not in self._maps:
+            self.check(j)
             self._maps[j] = shards.map_images(self.metas[j])
         return self._maps[j]
+
+    def check(self, j: int) -> None:
+        """The shard file still holds all its images. A file cut short under a memory map would
+        kill the reader with SIGBUS when it touches the missing pages; this one-stat check before
+        each batch turns that into a DataError naming the file (only a cut made in the instant
+        between the check and the copy can still slip through)."""
+        meta = self.metas[j]
+        need = meta.images_offset + meta.count * shards.IMAGE_SIZE ** 2 * 3
+        try:
+            size = os.stat(meta.path).st_size
+        except OSError as e:
+            raise DataError(f"shard {meta.path} disappeared while being read ({e.strerror}): prepare "
+                            f"again (or put it back)") from None
+        if size < need:
+            raise DataError(f"shard {meta.path} was cut short while being read ({size:,} of {need:,} "
+                            f"bytes): prepare again (or put the file back)")
 
 
 def _uint8_buffer(shape) -> torch.Tensor:
@@ -167,10 +201,11 @@ def _uint8_buffer(shape) -> torch.Tensor:
 def class_names(root: str | Path) -> list[tuple[str, str]]:
     """(WordNet id, words) of each class, in class-index (sorted WordNet id) order."""
     try:
-        classes = shards.read_manifest(root)["classes"]
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise UserError(f"{root}: no readable {shards.MANIFEST} ({e}): run './run.sh prepare'") from None
-    return [(c["wnid"], c["words"]) for c in sorted(classes, key=lambda c: c["index"])]
+        classes = read_manifest(root)["classes"]
+        return [(c["wnid"], c["words"]) for c in sorted(classes, key=lambda c: c["index"])]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{Path(root) / shards.MANIFEST} is damaged (its classes: {type(e).__name__}: {e}): "
+                        "run './run.sh prepare' again") from None
 
 
 # ----------------------------------------------------------------------- the training stream
@@ -267,6 +302,8 @@ class _TrainSteps(torch.utils.data.Dataset):
         crop = self.cfg.augment.crop
         images = _uint8_buffer((len(shard), crop, crop, 3))
         out = images.numpy()
+        for j in np.unique(shard):
+            self.images.check(j)
         for r in np.lexsort((pos, shard)):  # shard by shard, ascending positions
             top, left, mirrored = offsets[r]
             augment.copy_crop(out[r], self.images[shard[r]][pos[r]], top, left, mirrored)
@@ -275,14 +312,29 @@ class _TrainSteps(torch.utils.data.Dataset):
                      torch.from_numpy(alphas), torch.from_numpy(self.starts[shard] + pos), on)
 
 
-def _loader(dataset, workers: int, pin_memory: bool) -> Iterator:
+def _loader(dataset, workers: int, pin_memory: bool, root, split: str) -> Iterator:
     if workers == 0 and not pin_memory:
-        return (dataset[i] for i in range(len(dataset)))
+        return _relayed((dataset[i] for i in range(len(dataset))), root, split)
     # batch_size=None: each item is already a batch; items come back in order whatever the
     # number of workers (worker w builds items w, w + workers, ...).
-    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
-                                            num_workers=workers, pin_memory=pin_memory,
-                                            worker_init_fn=_ignore_sigint))
+    return _relayed(iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
+                                                     num_workers=workers, pin_memory=pin_memory,
+                                                     worker_init_fn=_ignore_sigint)), root, split)
+
+
+def _relayed(batches: Iterator, root, split: str) -> Iterator:
+    """The batches, with a reader's failure told in one line: a DataError raised in a loader
+    worker comes back wrapped in the worker's traceback (its own line is kept), and a worker
+    that died (e.g. of SIGBUS, a shard cut short under its memory map) is followed by a check of
+    the split's shards, which names the damaged file if that is what happened."""
+    try:
+        yield from batches
+    except DataError as e:
+        found = re.findall(r"DataError: (.*)", str(e))
+        raise DataError(found[-1] if found else str(e)) from None
+    except RuntimeError:
+        open_split(root, split)  # raises a DataError naming a missing, cut or damaged shard
+        raise
 
 
 def _ignore_sigint(worker_id: int) -> None:
@@ -297,7 +349,7 @@ def train_batches(root: str | Path, cfg, epoch: int, start_step: int = 0, part: 
     read by cfg.data.workers loader processes. pin_memory=True when the device is a GPU."""
     _check_parts(cfg, parts, part)
     dataset = _TrainSteps(open_split(root, "train"), cfg, epoch, start_step, part, parts)
-    return _loader(dataset, cfg.data.workers, pin_memory)
+    return _loader(dataset, cfg.data.workers, pin_memory, root, "train")
 
 
 # ------------------------------------------------------------------------- evaluation views
@@ -335,6 +387,7 @@ class _EvalSteps(torch.utils.data.Dataset):
         # Contiguous runs, one per shard that the batch overlaps.
         for j in np.flatnonzero((self.starts < hi) & (self.starts + self.counts > lo)):
             a, b = max(lo, self.starts[j]), min(hi, self.starts[j] + self.counts[j])
+            self.images.check(j)
             run = self.images[j][a - self.starts[j]:b - self.starts[j]]
             augment.take_views(run, self.offsets, self.crop, out=out[a - lo:b - lo])
         return images, torch.from_numpy(self.labels[lo:hi]), torch.from_numpy(self.offsets)
@@ -346,7 +399,7 @@ def eval_batches(root: str | Path, split: str, views: str, batch_size: int, work
     split in file order; V = 1 for "centre", 10 for "ten" (repro.augment.ten_view_offsets order).
     Normalizer.views turns a batch into one forward pass of B * V inputs."""
     dataset = _EvalSteps(open_split(root, split), view_offsets(views, crop), batch_size, crop)
-    return _loader(dataset, workers, pin_memory)
+    return _loader(dataset, workers, pin_memory, root, split)
 
 
 def make_normalizer(root: str | Path, cfg, device) -> augment.Normalizer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from data_prep import shards
 from repro import checkpoint, data, files, machine, rundir
-from repro.errors import ArgumentParser, UserError
+from repro.errors import ArgumentParser, UserError, at_least, device
 from repro.model import AlexNet
 from repro.parallel import OneDevice
 from repro.progress import Progress
@@ -127,7 +128,11 @@ def load_run(run_dir: str | Path, device: str = "cpu", ckpt: str | Path | None =
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
-    ckpt = checkpoint.latest(run_dir)
+    """The newest sound checkpoint of a run (a damaged newer one is reported on stderr)."""
+    ckpt = checkpoint.newest_sound(run_dir)
+    if ckpt is None and checkpoint.latest(run_dir) is not None:
+        raise UserError(f"every checkpoint of {run_dir} is damaged (see the warnings above): restore "
+                        f"the files or train again")
     if ckpt is None:
         raise UserError(f"{run_dir} has no finished checkpoint: train it first "
                         f"(./run.sh train CONFIG --run-dir {run_dir})")
@@ -157,8 +162,9 @@ def data_root(run_dir: str | Path, override: str | Path | None = None) -> Path:
 def checkpoint_record(ckpt: Path) -> dict:
     """Path, step, epoch and the sha256 of every file of a checkpoint."""
     state = checkpoint.read_state(ckpt)
+    recorded = checkpoint.digests(ckpt)  # checked when the checkpoint was chosen
     return {"path": str(ckpt), "step": state.get("step"), "epoch": state.get("epoch"),
-            "sha256": {f.name: files.sha256(f) for f in sorted(ckpt.glob("*.pt"))}}
+            "sha256": {f.name: recorded.get(f.name) or files.sha256(f) for f in sorted(ckpt.glob("*.pt"))}}
 
 
 def data_record(root: Path, split: str) -> dict:
@@ -181,6 +187,7 @@ class EvalOptions:
     device: str = "auto"
     reuse: bool = True  # reuse results of the same checkpoint on the same shards
     quiet: bool = False
+    other_data: bool = False  # allow shards other than the run's own (same classes); own records kept
 
 
 def record_path(run_dir: Path, split: str, views: str, tag: str = "") -> Path:
@@ -195,10 +202,10 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> dict[str, dict]:
     files on the same shards is reused instead of evaluated again (unless opts.reuse is False).
     """
     run_dir = Path(run_dir)
-    ckpt, cfg, split, root = check_run(run_dir, opts)
+    ckpt, cfg, split, root, tag = check_run(run_dir, opts)
     ckpt_rec, data_rec = checkpoint_record(ckpt), data_record(root, split)
     kinds = ["centre", "ten"] if opts.views == "both" else [opts.views]
-    found = {k: _cached(run_dir, split, k, ckpt_rec, data_rec) for k in kinds} if opts.reuse else {}
+    found = {k: _cached(run_dir, split, k, ckpt_rec, data_rec, tag) for k in kinds} if opts.reuse else {}
     todo = [k for k in kinds if found.get(k) is None]
     if todo:
         model, cfg = load_run(run_dir, opts.device, ckpt)
@@ -207,17 +214,18 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> dict[str, dict]:
         with Progress(n, f"eval {run_dir.name} {split} ({'+'.join(todo)})",
                       quiet=opts.quiet) as bar:
             probs, labels = predict_views(model, root, split, "both" if len(todo) == 2 else todo[0],
-                                          opts.batch_size or cfg.eval.batch_size,
+                                          cfg.eval.batch_size if opts.batch_size is None else opts.batch_size,
                                           cfg.data.workers if opts.workers is None else opts.workers,
                                           normalizer, bar)
         for k in todo:
             found[k] = write_record(run_dir, split, k, probs[k], labels, root,
-                                    {"run": run_dir.name, "checkpoint": ckpt_rec, "data": data_rec})
+                                    {"run": run_dir.name, "checkpoint": ckpt_rec, "data": data_rec}, tag)
     return {k: found[k] for k in kinds}
 
 
 def check_run(run_dir: Path, opts: EvalOptions):
-    """(latest checkpoint, config, split, data root) of a run; one UserError line if any is missing."""
+    """(newest sound checkpoint, config, split, data root, record tag) of a run; one UserError
+    line if any is missing, or if the data is not the run's (see check_data)."""
     if not (Path(run_dir) / rundir.CONFIG).is_file():
         raise UserError(f"{run_dir} is not a run directory ({rundir.CONFIG} missing)")
     ckpt = latest_checkpoint(run_dir)
@@ -225,18 +233,44 @@ def check_run(run_dir: Path, opts: EvalOptions):
     split = opts.split or cfg.data.eval_split
     root = data_root(run_dir, opts.data)
     data.open_split(root, split)
-    return ckpt, cfg, split, root
+    return ckpt, cfg, split, root, check_data(run_dir, root, split, opts.other_data)
 
 
-def _cached(run_dir: Path, split: str, views: str, ckpt_rec: dict, data_rec: dict) -> dict | None:
-    path = record_path(run_dir, split, views)
+def check_data(run_dir: Path, root: Path, split: str | None, other_ok: bool = False) -> str:
+    """The data a run is evaluated (or predicts) with must have the classes the run was trained
+    on, and, for `split`, the shards it recorded: other shards are refused unless `other_ok`,
+    and their records then get a tag of their own ("@" + a hash of the shards), so that they
+    never replace the run's own. Returns the tag ("" for the run's own data)."""
+    recorded = rundir.recorded_data(run_dir)
+    if recorded is None:
+        return ""  # a run from before data identities were recorded
+    current = rundir.data_identity(root)
+    classes = rundir.data_differences(recorded, current, splits=[])
+    if classes:
+        raise UserError(f"{root} has {classes[0]}: not the classes {run_dir} was trained on "
+                        f"({recorded.get('root')}); its outputs would be read as other classes")
+    if split is None:
+        return ""
+    differences = rundir.data_differences(recorded, current, splits=[split])
+    if not differences:
+        return ""
+    if not other_ok:
+        raise UserError(f"{root} is not the data {run_dir} recorded ({recorded.get('root')}): "
+                        f"{'; '.join(differences)}. To evaluate on other data on purpose add --other-data "
+                        f"(its results are written beside the run's own, never over them)")
+    shard_ids = json.dumps(current["shards"].get(split, {}), sort_keys=True).encode()
+    return "@" + hashlib.sha256(shard_ids).hexdigest()[:12]
+
+
+def _cached(run_dir: Path, split: str, views: str, ckpt_rec: dict, data_rec: dict, tag: str = "") -> dict | None:
+    path = record_path(run_dir, split, views, tag)
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     same = (rec.get("checkpoint", {}).get("sha256") == ckpt_rec["sha256"]
             and rec.get("data", {}).get("shards") == data_rec["shards"])
-    return rec if same and (path.parent / rec.get("probs_file", "")).is_file() else None
+    return {**rec, "record_file": str(path)} if same and (path.parent / rec.get("probs_file", "")).is_file() else None
 
 
 def write_record(run_dir: Path, split: str, views: str, probs: torch.Tensor, labels: torch.Tensor,
@@ -257,7 +291,7 @@ def write_record(run_dir: Path, split: str, views: str, probs: torch.Tensor, lab
                           "top1_error": _num(per_class[c, 0]), "top5_error": _num(per_class[c, 1])}
                          for c in range(probs.shape[1])]}
     files.atomic_write(path, json.dumps(rec, indent=1) + "\n")
-    return rec
+    return {**rec, "record_file": str(path)}  # where it went (not stored in the file)
 
 
 def _num(x: float) -> float | None:
@@ -314,18 +348,21 @@ def parse_args(argv):
     p.add_argument("--ensemble", nargs="+", default=[], metavar="RUN_DIR",
                    help="more runs whose softmax outputs are averaged with this one's")
     p.add_argument("--data", help="prepared shards (default: the run's own, from provenance.json)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (x10 inputs for 10 views)")
-    p.add_argument("--workers", type=int, help="loader processes (default the run's data.workers)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: a GPU if any)")
+    p.add_argument("--batch-size", type=at_least(1), help="images per forward pass (x10 inputs for 10 views)")
+    p.add_argument("--workers", type=at_least(0), help="loader processes (default the run's data.workers)")
+    p.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1, ... (default: a GPU if any)")
     p.add_argument("--again", action="store_true",
                    help="evaluate even if results of the same checkpoint on the same shards exist")
+    p.add_argument("--other-data", action="store_true",
+                   help="with --data: allow shards other than those the run recorded (same classes); the "
+                        "results go to eval/<split>-<views>@<shards hash>.json, never over the run's own")
     return p.parse_args(argv)
 
 
 def main(argv) -> int:
     args = parse_args(argv)
     opts = EvalOptions(args.split, args.views, args.data, args.batch_size, args.workers,
-                       args.device, reuse=not args.again)
+                       args.device, reuse=not args.again, other_data=args.other_data)
     runs = [args.run_dir, *args.ensemble]
     recs = evaluate_ensemble(runs, opts) if args.ensemble else evaluate_run(args.run_dir, opts)
     first = next(iter(recs.values()))
@@ -334,6 +371,5 @@ def main(argv) -> int:
     for views, rec in recs.items():
         label = "10 views" if views == "ten" else "centre crop"
         print(f"  {label:<12} top-1 {rec['top1_error']:.2%}  top-5 {rec['top5_error']:.2%}")
-    tag = "-ensemble" if args.ensemble else ""
-    print("written " + ", ".join(str(record_path(Path(args.run_dir), first["split"], v, tag)) for v in recs))
+    print("written " + ", ".join(rec["record_file"] for rec in recs.values()))
     return 0

@@ -253,6 +253,9 @@ def make_placement(kind: str, towers: int, device: str = "auto") -> Placement:
     """The placement named by train.placement ("auto" picks the natural one for the hardware)."""
     from repro.errors import UserError
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device = {device!r}, but no CUDA GPU is visible here: set train.device = 'cpu' "
+                        f"(or 'auto')")
     if kind == "auto":
         if dist.is_initialized():
             kind = "distributed"

@@ -17,7 +17,7 @@ import torch
 
 from data_prep import images as image_prep
 from repro import augment, data, evaluate
-from repro.errors import ArgumentParser, UserError
+from repro.errors import ArgumentParser, UserError, at_least, device
 
 
 def prepare_image(path: str | Path) -> np.ndarray:
@@ -53,8 +53,8 @@ def parse_args(argv):
     p.add_argument("run_dir", help="a trained run (runs/<name>)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--data", help="prepared data with manifest.json and stats.h5 (default: the run's own)")
-    p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: a GPU if any)")
+    p.add_argument("--top", type=at_least(1), default=5, help="classes shown per image (default 5)")
+    p.add_argument("--device", type=device, default="auto", help="cpu, cuda, ... (default: a GPU if any)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p.parse_args(argv)
 
@@ -63,6 +63,7 @@ def main(argv) -> int:
     args = parse_args(argv)
     model, cfg = evaluate.load_run(args.run_dir, args.device)
     root = evaluate.data_root(args.run_dir, args.data)
+    evaluate.check_data(Path(args.run_dir), root, None)  # the class names must be the run's classes
     names = data.class_names(root)
     normalizer = data.make_normalizer(root, cfg, model.placement.output_device)
     images = np.stack([prepare_image(p) for p in args.images])

@@ -13,8 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from repro import checkpoint, data, evaluate, figures, files, rundir, tables
-from repro.errors import ArgumentParser
+from repro import data, evaluate, figures, files, rundir, tables
+from repro.errors import ArgumentParser, at_least, device
 
 DASH = "—"
 
@@ -38,14 +38,14 @@ def parse_args(argv):
     p.add_argument("--views", choices=evaluate.VIEW_CHOICES, default="both",
                    help="views to evaluate (default both: centre crop and 10 views, one pass)")
     p.add_argument("--data", help="prepared shards for every run (default: each run's own)")
-    p.add_argument("--figure4-images", type=int, default=5, help="validation images in Figure 4 (default 5)")
-    p.add_argument("--neighbours", type=int, default=6, help="nearest training images shown per image (default 6)")
-    p.add_argument("--neighbour-pool", type=int, default=10000,
+    p.add_argument("--figure4-images", type=at_least(1), default=5, help="validation images in Figure 4 (default 5)")
+    p.add_argument("--neighbours", type=at_least(1), default=6, help="nearest training images shown per image (default 6)")
+    p.add_argument("--neighbour-pool", type=at_least(1), default=10000,
                    help="training images searched for nearest neighbours, the first N in stored "
                         "(shuffled) order; the report states the number (default 10000)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default the run's eval.batch_size)")
-    p.add_argument("--workers", type=int, help="loader processes (default the run's data.workers)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: a GPU if any)")
+    p.add_argument("--batch-size", type=at_least(1), help="images per forward pass (default the run's eval.batch_size)")
+    p.add_argument("--workers", type=at_least(0), help="loader processes (default the run's data.workers)")
+    p.add_argument("--device", type=device, default="auto", help="cpu, cuda, ... (default: a GPU if any)")
     p.add_argument("--published", default=str(tables.PUBLISHED), help="the published numbers (default results/published.json)")
     return p.parse_args(argv)
 
@@ -136,7 +136,7 @@ def _figures(out: Path, names, run_dirs, records, args) -> dict:
         {n: rundir.read_metrics(r) for n, r in zip(names, run_dirs)}, out / result["curves"])
     result["figure3"] = {}
     for n, r in zip(names, run_dirs):
-        kernels = _conv1_from_checkpoint(checkpoint.latest(r))
+        kernels = _conv1_from_checkpoint(evaluate.latest_checkpoint(r))
         file = f"figure3-{_file_name(n)}.png"
         scores = figures.figure3(kernels, out / file, f"conv1 kernels of {n} (each stretched to its own range)")
         result["figure3"][n] = {"file": file, "colour_specificity": scores}
@@ -148,7 +148,7 @@ def _figures(out: Path, names, run_dirs, records, args) -> dict:
     file = f"figure4-{_file_name(names[0])}.png"
     shown = figures.figure4(model, normalizer, root, rec[views]["split"], evaluate.load_probs(first, rec[views]),
                             out / file, args.figure4_images, args.neighbours, args.neighbour_pool,
-                            args.batch_size or cfg.eval.batch_size,
+                            cfg.eval.batch_size if args.batch_size is None else args.batch_size,
                             cfg.data.workers if args.workers is None else args.workers, _views(views))
     result["figure4"] = {"file": file, "run": names[0], "views": views, **shown}
     return result

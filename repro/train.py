@@ -24,10 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data_prep import shards
 from repro import augment, checkpoint, data, evaluate, rundir
 from repro.config import DEFAULT_CONFIG, Config, flat, load_config
-from repro.errors import ArgumentParser, UserError
+from repro.errors import ArgumentParser, UserError, at_least
 from repro.fast.memory import keep_freed_memory
 from repro.model import AlexNet, _mix
 from repro.optim import PaperSGD, Schedule
@@ -52,7 +51,7 @@ def parse_args(argv):
                    help="override one config value, e.g. --set optim.lr=0.005 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its latest checkpoint, with its own config")
-    p.add_argument("--nproc", type=int, default=1,
+    p.add_argument("--nproc", type=at_least(1), default=1,
                    help="processes on this machine, one tower each (2 = one model-parallel pair; "
                         "4 = two pairs, data parallel); launched with torchrun")
     return p.parse_args(argv)
@@ -77,8 +76,8 @@ def main(argv) -> int:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
         run_dir = Path(args.run_dir or f"runs/{cfg.name}")
         if (run_dir / rundir.CONFIG).exists():
-            raise UserError(f"{run_dir} already holds a run: add --resume to continue it, "
-                            f"or choose another --run-dir")
+            raise UserError(f"{run_dir} already holds a run: add --resume to continue it (one that "
+                            f"stopped before its first checkpoint starts over), or choose another --run-dir")
     data_root = Path(args.data or cfg.data.shards)
     train(cfg, data_root, run_dir, resume=args.resume)
     return 0
@@ -135,6 +134,7 @@ class Run:
     parts: int
     writer: bool  # the process that writes the run directory (rank 0; the only one when alone)
     metrics: rundir.Metrics | None  # the writer's metrics.jsonl
+    lock: rundir.RunLock | None  # the writer's hold on the run directory
 
     @property
     def device(self) -> torch.device:
@@ -191,20 +191,26 @@ def build_model(cfg: Config, placement) -> AlexNet:
 def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> Path:
     """Train until cfg.schedule.epochs (or train.max_steps, or a stop signal). Returns run_dir."""
     run = set_up(cfg, data_root, run_dir, resume)
-    if resume and nothing_to_do(run):
-        return run_dir
     stop = StopRequest()
     try:
+        if resume and nothing_to_do(run):
+            return run_dir
+        start_records(run, resume)
         while run.pos.epoch < cfg.schedule.epochs:
             why = train_epoch(run, stop)
             if why:  # a stop signal or train.max_steps: checkpointed, say how to go on
                 announce_stop(run, why)
                 return run_dir
             end_epoch(run)
+    except data.DataError as e:  # shards damaged or changed under the run
+        raise data.DataError(f"{e}; then continue: ./run.sh train --run-dir {run_dir} --resume "
+                             f"(last checkpoint {checkpoint.latest(run_dir)})") from None
     finally:
         stop.restore()
         if run.metrics:
             run.metrics.close()
+        if run.lock:
+            run.lock.release()
     return run_dir
 
 
@@ -217,34 +223,88 @@ def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
     part, parts = (placement.pair, placement.pairs) if distributed else (0, 1)
     writer = not distributed or dist.get_rank() == 0
     check_data(cfg, data_root)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(run_dir, writer, distributed, placement.output_device)
+    try:
+        return _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock)
+    except BaseException:
+        if lock:
+            lock.release()
+        raise
+
+
+def lock_run_dir(run_dir: Path, writer: bool, distributed: bool, device) -> rundir.RunLock | None:
+    """The writer takes the run directory's lock; every process stops if it could not."""
+    lock = rundir.RunLock(run_dir) if writer else None
+    taken = lock.acquire() if lock else True
+    if _agree(distributed, not taken, False, device)[0]:
+        holder = lock.holder() if lock and not taken else "another process (as rank 0 found)"
+        raise UserError(f"{run_dir} is in use: {holder} is training in it. Wait for it to finish or "
+                        f"stop it; a lock left by a crashed run is released by the system and does not stop you")
+    return lock
+
+
+def _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock) -> Run:
     model = build_model(cfg, placement)
     if cfg.speed.keep_freed_memory and placement.output_device.type == "cpu":
         keep_freed_memory()
     optimizer = PaperSGD.from_config(model, cfg.optim)
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
     pos = Position()
-    run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
-        ckpt = checkpoint.latest(run_dir)
-        if ckpt is None:
-            raise UserError(f"{run_dir} has no finished checkpoint to resume from")
-        state = checkpoint.load_into(ckpt, model, optimizer)
-        schedule.load_state_dict(state["schedule"])
-        pos = Position(state["epoch"], state["step_in_epoch"], state["step"])
+        check_same_data(run_dir, data_root)
+        pos = resume_from_checkpoint(run_dir, model, optimizer, schedule, writer)
     run = Run(cfg, data_root, run_dir, placement, model,
               torch.compile(model) if cfg.speed.compile else model, optimizer, schedule,
               data.make_normalizer(data_root, cfg, placement.output_device), pos,
               data.steps_per_epoch(data_root, cfg, parts), len(data.open_split(data_root, "train")),
-              part, parts, writer, None)
-    if writer:
-        rundir.write_config(run_dir, cfg)
-        rundir.write_provenance(run_dir, cfg, data_root, {
-            "placement": type(placement).__name__, "device": str(run.device),
-            "world_size": dist.get_world_size() if distributed else 1,
-            "resumed_from_step": pos.step if resume else None})
-        run.metrics = rundir.Metrics(run_dir)
-        run.metrics.write("event", event="resume" if resume else "start", step=pos.step, epoch=pos.epoch)
+              part, parts, writer, None, lock)
     return run
+
+
+def check_same_data(run_dir: Path, data_root: Path) -> None:
+    """A resumed run continues on the data it was trained on: the same classes and the same
+    shards (exact resume replays the same stream of batches), as provenance.json recorded."""
+    recorded = rundir.recorded_data(run_dir)
+    if recorded is None:
+        return  # a run from before data identities were recorded: nothing to compare with
+    differences = rundir.data_differences(recorded, rundir.data_identity(data_root))
+    if differences:
+        raise UserError(f"{data_root} is not the data {run_dir} was trained on ({recorded.get('root')}): "
+                        f"{'; '.join(differences)}. Resume with the run's own data, or start a new run")
+
+
+def resume_from_checkpoint(run_dir: Path, model, optimizer, schedule, writer: bool) -> Position:
+    """Load the newest sound checkpoint (a damaged newer one is reported, not used). A run that
+    stopped before its first checkpoint starts over from step 0 with its own config."""
+    ckpt = checkpoint.newest_sound(run_dir, say=None if writer else lambda text: None)
+    if ckpt is None and checkpoint.latest(run_dir) is not None:
+        raise UserError(f"every checkpoint of {run_dir} is damaged (see above): restore the files, "
+                        f"or start a new run")
+    if ckpt is None:
+        if writer:
+            print(f"{run_dir} has no checkpoint yet (it stopped before its first): starting it over "
+                  f"from step 0 with its config", flush=True)
+        return Position()
+    state = checkpoint.load_into(ckpt, model, optimizer)
+    schedule.load_state_dict(state["schedule"])
+    return Position(state["epoch"], state["step_in_epoch"], state["step"])
+
+
+def start_records(run: Run, resume: bool) -> None:
+    """The writer's config.toml, provenance session and first metrics line (metrics written
+    after the checkpoint a resumed run starts from are dropped: they come again)."""
+    if not run.writer:
+        return
+    if resume:
+        rundir.truncate_metrics(run.run_dir, run.pos.step)
+    rundir.write_config(run.run_dir, run.cfg)
+    rundir.write_provenance(run.run_dir, run.cfg, run.data_root, {
+        "placement": type(run.placement).__name__, "device": str(run.device),
+        "world_size": dist.get_world_size() if run.distributed else 1,
+        "resumed_from_step": run.pos.step if resume else None})
+    run.metrics = rundir.Metrics(run.run_dir)
+    run.metrics.write("event", event="resume" if resume else "start", step=run.pos.step, epoch=run.pos.epoch)
 
 
 def check_data(cfg: Config, data_root: Path) -> None:
@@ -253,7 +313,7 @@ def check_data(cfg: Config, data_root: Path) -> None:
         raise UserError(f"no prepared data in {data_root} (manifest.json missing): run "
                         f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
                         f"to try everything on generated data")
-    year = shards.read_manifest(data_root).get("year")
+    year = data.read_manifest(data_root).get("year")
     if year is not None and year != cfg.data.year:
         raise UserError(f"the data in {data_root} is ILSVRC-{year}, the config says data.year = "
                         f"{cfg.data.year}: prepare the right year or use the matching config")

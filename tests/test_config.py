@@ -90,3 +90,26 @@ def test_defaults_are_the_paper_text(tmp_path):
     empty.data.workers = paper.data.workers
     empty.augment.on, empty.train.checkpoint_every = paper.augment.on, paper.train.checkpoint_every
     assert empty == paper == Config(data=empty.data, augment=empty.augment, train=empty.train)
+
+
+def test_any_string_survives_the_run_directory(tmp_path):
+    """A description over several lines, with quotes, backslashes, tabs and control characters,
+    is written into config.toml so that resume, eval and report read it back unchanged."""
+    from repro import rundir
+
+    text = 'two\nlines, "quoted", back\\slash, tab\there, bell\x07, \u00fcml\u00e4ut'
+    cfg = load_config(CONFIG_DIR / "alexnet_2gpu.toml")
+    cfg.description = text
+    run = tmp_path / "odd\nname"
+    run.mkdir()
+    rundir.write_config(run, cfg)
+    back = rundir.read_config(run)
+    assert back.description == text and dumps_toml(back) == dumps_toml(cfg)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(UserError, match=r"'optim.lr' = .* must be a finite number"):
+        load_config(CONFIG_DIR / "alexnet_2gpu.toml", [f"optim.lr={value}"])
+    with pytest.raises(UserError, match="init.weight_std.conv3"):
+        load_config(CONFIG_DIR / "alexnet_2gpu.toml", [f"init.weight_std.conv3={value}"])
