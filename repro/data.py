@@ -105,7 +105,14 @@ def read_manifest(root: str | Path) -> dict:
         raise DataError(f"no prepared data at {root}: run './run.sh prepare' "
                         "(or './run.sh demo' for a small generated dataset)")
     try:
-        return shards.read_manifest(root)
+        manifest = shards.read_manifest(root)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+            raise ValueError("no table of splits")
+        classes = manifest.get("classes")
+        if not isinstance(classes, list) or not classes or not all(
+                isinstance(c, dict) and {"index", "wnid", "words"} <= c.keys() for c in classes):
+            raise ValueError("no list of classes with index, wnid and words")
+        return manifest
     except FileNotFoundError:
         raise DataError(f"{root} holds no finished preparation ({shards.MANIFEST} missing): "
                         "run './run.sh prepare' (again, if it was interrupted)") from None
