@@ -23,6 +23,12 @@ setup(
         "h5py>=3.8",
         "matplotlib>=3.6",
     ],
-    extras_require={"test": ["pytest>=7"], "export": ["onnx"]},
+    extras_require={
+        # train writes TensorBoard event files when this is installed (repro/watch.py)
+        "watch": ["tensorboard>=2.10"],
+        # the test suite runs the optional paths too, so CI (./run.sh setup installs .[test]) covers them
+        "test": ["pytest>=7", "tensorboard>=2.10"],
+        "export": ["onnx"],
+    },
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},
 )

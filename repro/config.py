@@ -171,6 +171,9 @@ class TrainConfig:
     # "float64": train and validate in double precision, for checks only (tests compare
     # placements and launches with it exactly); the paper's precision is float32
     dtype: str = opt("float32", choices=("float32", "float64"))
+    # TensorBoard event files in RUN_DIR/tensorboard/ when the tensorboard package is installed
+    # (repro/watch.py); metrics.jsonl is written either way
+    tensorboard: bool = opt(True)
 
 
 @dataclass

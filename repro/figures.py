@@ -104,6 +104,15 @@ def _mosaic(kernels: np.ndarray, columns: int) -> np.ndarray:
     return out
 
 
+def kernel_mosaic(towers: list[np.ndarray], columns: int = COLUMNS) -> np.ndarray:
+    """float32 [H, W, 3] in [0, 1]: each tower's kernels [N, 3, h, w] in rows of `columns`,
+    tower 0 above tower 1, a grey band between them (the image TensorBoard shows per epoch)."""
+    columns = min(columns, max(len(k) for k in towers))
+    blocks = [_mosaic(k, columns) for k in towers]
+    band = np.full((3, blocks[0].shape[1], 3), 0.5, np.float32)
+    return np.concatenate([x for b in blocks for x in (b, band)][:-1])
+
+
 def figure3(towers: list[np.ndarray], out: Path, title: str) -> list[float]:
     """The conv1 kernels, tower 0 above tower 1, each tower labelled with its mean colour
     specificity (colour_specificity). Returns the number per tower."""

@@ -32,6 +32,7 @@ from repro.model import AlexNet, _mix
 from repro.optim import PaperSGD, Schedule
 from repro.parallel import Distributed, OneDevice, Placement, make_placement
 from repro.progress import Progress
+from repro.watch import Watch
 
 
 def parse_args(argv):
@@ -135,6 +136,7 @@ class Run:
     writer: bool  # the process that writes the run directory (rank 0; the only one when alone)
     metrics: rundir.Metrics | None  # the writer's metrics.jsonl
     lock: rundir.RunLock | None  # the writer's hold on the run directory
+    watch: Watch | None = None  # the writer's TensorBoard files (train.tensorboard, if installed)
 
     @property
     def device(self) -> torch.device:
@@ -209,6 +211,8 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
         stop.restore()
         if run.metrics:
             run.metrics.close()
+        if run.watch:
+            run.watch.close()
         if run.lock:
             run.lock.release()
     return run_dir
@@ -305,6 +309,7 @@ def start_records(run: Run, resume: bool) -> None:
         "resumed_from_step": run.pos.step if resume else None})
     run.metrics = rundir.Metrics(run.run_dir)
     run.metrics.write("event", event="resume" if resume else "start", step=run.pos.step, epoch=run.pos.epoch)
+    run.watch = Watch.open(run.run_dir, run.cfg.train.tensorboard)
 
 
 def check_data(cfg: Config, data_root: Path) -> None:
@@ -364,8 +369,10 @@ def train_epoch(run: Run, stop: StopRequest) -> str | None:
             window.add(loss, logits, y, len(y) * run.parts, ready - waited, time.perf_counter() - waited)
             bar.update(len(y) * run.parts)  # images of this step, over every data-parallel pair
             if run.metrics and pos.step % cfg.train.log_every == 0:
-                run.metrics.write("train", step=pos.step, epoch=epoch + pos.step_in_epoch / run.steps,
-                                  lr=run.schedule.lr(epoch), **window.flush())
+                row = {"epoch": epoch + pos.step_in_epoch / run.steps, "lr": run.schedule.lr(epoch), **window.flush()}
+                run.metrics.write("train", step=pos.step, **row)
+                if run.watch:
+                    run.watch.train(pos.step, row)
             limit = cfg.train.max_steps and pos.step >= cfg.train.max_steps
             if stop_now or limit or (cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0):
                 save_checkpoint(run)
@@ -415,6 +422,9 @@ def end_epoch(run: Run) -> None:
     if run.metrics:
         run.metrics.write("val", epoch=run.pos.epoch, step=run.pos.step, lr=run.schedule.lr(epoch),
                           views="centre", split=run.cfg.data.val_split, **val.as_dict())
+        if run.watch:
+            run.watch.val(run.pos.step, val.as_dict())
+            run.watch.conv1_kernels(run.pos.step, conv1_kernels(run.model))
         if reduced:
             run.metrics.write("event", event="lr_divided", epoch=run.pos.epoch, lr=run.schedule.lr(run.pos.epoch))
         print(f"epoch {run.pos.epoch}: validation top-1 {val.top1:.2%}, top-5 {val.top5:.2%} "
@@ -442,6 +452,14 @@ def save_checkpoint(run: Run) -> Path | None:
                                write_state=run.writer, barrier=lambda: dist.barrier(run.placement.pair_group))
     dist.barrier()
     return path
+
+
+def conv1_kernels(model: AlexNet) -> list:
+    """conv1's weights [N, 3, 11, 11] of each tower this process holds, as numpy arrays."""
+    weights = {n: p.detach().float().cpu() for n, p in model.named_parameters() if n.endswith(".conv1.weight")}
+    if model.grouped:
+        return [w.numpy() for w in weights["towers.grouped.conv1.weight"].chunk(model.m.towers)]
+    return [weights[f"towers.{k}.conv1.weight"].numpy() for k in model.towers]
 
 
 def announce_stop(run: Run, why: str) -> None:
@@ -490,6 +508,7 @@ class _Window:
     def flush(self) -> dict:
         out = {"loss": self.loss / max(self.steps, 1), "top1_error": self.miss1 / max(self.rows, 1),
                "top5_error": self.miss5 / max(self.rows, 1),
-               "img_per_s": self.images / max(self.busy, 1e-9), "data_wait_s": self.wait}
+               "img_per_s": self.images / max(self.busy, 1e-9), "data_wait_s": self.wait,
+               "data_wait_share": self.wait / max(self.busy, 1e-9)}
         self.__init__()
         return out
