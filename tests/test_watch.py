@@ -16,6 +16,7 @@ def events(run):
     return acc
 
 
+@pytest.mark.slow
 def test_event_files_hold_the_metrics_and_the_kernels(tiny_shards, tmp_path):
     pytest.importorskip("tensorboard", reason="the optional tensorboard package is not installed (pip install .[watch])")
     run = train(small_config(*SIGNAL, "schedule.epochs=2", "train.log_every=2"), tiny_shards, tmp_path / "r")
