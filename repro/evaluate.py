@@ -168,10 +168,12 @@ def checkpoint_record(ckpt: Path) -> dict:
 
 
 def data_record(root: Path, split: str) -> dict:
-    """Where the data is, its year, and the sha256 of the split's shards (from manifest.json)."""
-    manifest = shards.read_manifest(root)
+    """Where the data is, its year, its classes (and the subset they are, if `prepare --classes`
+    made one), and the sha256 of the split's shards (from manifest.json)."""
+    manifest = data.read_manifest(root)
     listed = manifest.get("splits", {}).get(split, {}).get("shards", [])
     return {"root": str(root), "year": manifest.get("year"), "split": split,
+            "classes": len(manifest["classes"]), "subset": manifest.get("subset"),
             "shards": {s["name"]: s["sha256"] for s in listed}}
 
 

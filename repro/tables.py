@@ -33,7 +33,7 @@ PUBLISHED = rundir.REPO / "results" / "published.json"
 FULL_MODEL = "alexnet_2gpu.toml"
 CODE145 = "alexnet_2gpu_code145.toml"
 SCALE_KEYS = ("model.widths.", "model.num_classes", "data.batch_size")
-REDUCED, PARTLY_TRAINED, DEPARTS = "reduced scale", "partly trained", "departs from"
+REDUCED, PARTLY_TRAINED, DEPARTS, SUBSET = "reduced scale", "partly trained", "departs from", "subset"
 # Keys that say where and how a run computes, not what it computes (never a departure).
 HOUSEKEEPING = ("description", "name", "data.shards", "data.source", "data.workers", "data.seed",
                 "data.val_split", "data.eval_split", "data.year", "augment.on", "train.", "speed.", "eval.")
@@ -64,6 +64,7 @@ class Run:
     changes: list = field(default_factory=list)  # ABLATIONS ids
     variant: str = ""
     notes: list = field(default_factory=list)
+    subset: dict | None = None  # the data's manifest "subset" (prepare --classes N): a part of ILSVRC
 
     @property
     def nets(self) -> int:
@@ -72,13 +73,14 @@ class Run:
     @property
     def comparable(self) -> bool:
         """False for a run smaller than the paper's or stopped early (marked in the report)."""
-        return not any(n.startswith((REDUCED, PARTLY_TRAINED, DEPARTS)) for n in self.notes)
+        return not any(n.startswith((REDUCED, PARTLY_TRAINED, DEPARTS, SUBSET)) for n in self.notes)
 
     @property
     def ilsvrc(self) -> bool:
         """Only a run on ILSVRC's 1000 classes is set beside the paper's absolute numbers (Tables
-        1 and 2, known reproductions); a run on other data (the demo) appears in the runs table."""
-        return self.cfg.model.num_classes == ILSVRC_CLASSES
+        1 and 2, known reproductions); a run on other data (the demo) or on a subset of ILSVRC's
+        classes appears in the runs table only."""
+        return self.cfg.model.num_classes == ILSVRC_CLASSES and not self.subset
 
     @property
     def split(self) -> str | None:
@@ -98,10 +100,14 @@ def describe(name: str, cfg: Config, records: dict, published: dict, members=())
     year = (first.get("data") or {}).get("year") or cfg.data.year
     changes = [k for k, test in ABLATIONS.items() if test(cfg)]
     run = Run(name, cfg, int(year), {v: summary(r) for v, r in records.items()}, list(members), changes)
+    run.subset = (first.get("data") or {}).get("subset")
     run.variant, points = fidelity(cfg)
     row = row_config(run, published)
     run.notes = [f"fidelity: {run.variant}"] + points + recipe_notes(cfg, row) + scale_notes(cfg, row, first)
-    if not run.ilsvrc:
+    if run.subset:
+        run.notes.append(f"{SUBSET}: {run.subset.get('classes')} of ILSVRC's {run.subset.get('of')} classes "
+                         f"({run.subset.get('selected_by')}): never set beside the paper's numbers")
+    elif not run.ilsvrc:
         run.notes.append(f"not ILSVRC ({cfg.model.num_classes} classes): not set beside the paper's "
                          f"absolute numbers")
     return run

@@ -326,6 +326,10 @@ def check_data(cfg: Config, data_root: Path) -> None:
     if classes != cfg.model.num_classes:
         raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
                         f"{cfg.model.num_classes}: set model.num_classes = {classes}")
+    subset = data.read_manifest(data_root).get("subset")
+    if subset:  # said once, up front: such a run is a check of the recipe, not a paper row
+        print(f"training on a subset of ILSVRC: {subset.get('classes')} of its {subset.get('of')} classes "
+              f"({subset.get('selected_by')}); its errors are not comparable with the paper's", flush=True)
 
 
 def nothing_to_do(run: Run) -> bool:

@@ -144,3 +144,20 @@ def test_colour_specificity_of_known_kernels():
     mixed = grey + 0.5 * chromatic  # |grey|^2 = 3, |chroma|^2 = 0.5 per unit pattern -> 0.5 / 3.5
     np.testing.assert_allclose(figures.colour_specificity(mixed), 0.5 / 3.5, rtol=0.05)
     assert figures.colour_specificity(rng.normal(size=(2000, 3, 11, 11))).mean() == pytest.approx(2 / 3, abs=0.01)
+
+
+def test_a_subset_run_is_shown_as_a_subset_never_beside_the_papers_numbers():
+    """Data prepared with `prepare --classes N` records its selection (manifest "subset"); a run
+    on it is a check of the recipe, listed with its note, and fills no row of Tables 1 and 2."""
+    published = tables.load_published()
+    subset = {"classes": 100, "of": 1000, "selected_by": "--classes 100", "wnids_sha256": "x"}
+    recs = records("val", 2012, 0.40)
+    for rec in recs.values():
+        rec["data"]["subset"] = subset
+    for classes in (100, 1000):  # even a (hand-made) 1000-class selection is not ILSVRC itself
+        run = tables.describe("sub", _small_config(f"model.num_classes={classes}"), recs, published)
+        assert not run.ilsvrc and not run.comparable
+        assert "subset: 100 of ILSVRC's 1000 classes (--classes 100): never set beside the paper's numbers" in run.notes
+        assert all(ln["run"] is None for t in published["tables"] for ln in tables.table_lines(t, [run]))
+    full = tables.describe("full", _small_config("model.num_classes=1000"), records("val", 2012, 0.40), published)
+    assert full.ilsvrc and any(ln["run"] == "full" for t in published["tables"] for ln in tables.table_lines(t, [full]))
