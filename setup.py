@@ -23,6 +23,10 @@ setup(
         "h5py>=3.8",
         "matplotlib>=3.6",
     ],
-    extras_require={"test": ["pytest>=7"], "export": ["onnx"]},
+    extras_require={
+        "test": ["pytest>=7", "pyarrow>=12"],  # pyarrow: the tests of Hugging Face's Parquet files
+        "hf": ["pyarrow>=12"],  # prepare from Hugging Face's ILSVRC/imagenet-1k (data_prep/hf_parquet.py)
+        "export": ["onnx"],
+    },
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},
 )

@@ -1,4 +1,6 @@
-"""Write small datasets in the official ILSVRC layouts, from images you give it.
+"""Write small datasets in the official ILSVRC layouts, from images you give it, and in the layouts
+of the other download routes (the Kaggle download: write_kaggle; Hugging Face's Parquet files:
+write_hf_parquet) from the same images, so that tests can compare what prepare makes of each.
 
 Used by the tests, the prepare benchmark and the demo (`./run.sh demo`): whatever reads the real
 archives reads these the same way.

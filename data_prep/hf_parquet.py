@@ -403,10 +403,10 @@ def stage(cat: Catalog, out: Path, workers: int = 1, progress=None, say=lambda t
         free = shutil.disk_usage(folder).free
         if need > free:
             raise UserError(f"not enough disk space in {out} to stage the images' JPEG bytes: about "
-                            f"{need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free")
+                            f"{_size(need)} needed, {_size(free)} free")
         n = sum(len(t.rows) for t in tasks)
         say(f"copying the JPEG bytes of {n:,} images out of {len(tasks)} Parquet files into {folder} (about "
-            f"{need / 1e9:.1f} GB, removed when prepare finishes): read in place, the shuffled training order "
+            f"{_size(need)}, removed when prepare finishes): read in place, the shuffled training order "
             f"would read a whole row group per image")
         for task, result in zip(tasks, parallel_map(stage_file, tasks, workers, progress)):
             placed[(_split_of(task.pack), task.source)] = result
@@ -496,6 +496,10 @@ def remove_staging(out: Path) -> int:
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     shutil.rmtree(folder)
     return size
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _one_line(e: BaseException) -> str:
