@@ -66,6 +66,7 @@ DATA_FILE = re.compile(r"^(?P<split>train|validation|test)-(?P<index>\d{5})-of-(
 DEFAULT_FILE = re.compile(r"^(?P<index>\d+)\.parquet$")
 TRAIN_NAME = re.compile(r"^(?P<stem>(?P<wnid>n\d{8})_.+?)(?:_(?P<suffix>n\d{8}))?\.JPEG$")
 VAL_NAME = re.compile(r"^(?P<stem>ILSVRC2012_val_\d{8})(?:_(?P<suffix>n\d{8}))?\.JPEG$")
+OLD_ARCHIVE = re.compile(r"^(train_images_\d+|val_images|test_images)\.tar\.gz$")  # revisions before Parquet
 NAME_FORM = {"train": "<wnid>_<n>.JPEG", "val": "ILSVRC2012_val_NNNNNNNN.JPEG"}
 INSTALL = "pyarrow is not installed: run ./run.sh setup again, or pip install -e '.[hf]' in the repository"
 
@@ -100,7 +101,7 @@ def find(root: Path) -> HFData | None:
             base = root if folder != root else (root.parent if root.name in ("data", "default") else root)
             classes_py = base / "classes.py"
             return HFData(base, found, classes_py if classes_py.is_file() else None)
-    old = [p.name for d in (root, root / "data") if d.is_dir() for p in d.glob("*_images*.tar*")]
+    old = [p.name for d in (root, root / "data") if d.is_dir() for p in d.iterdir() if OLD_ARCHIVE.match(p.name)]
     if old:
         raise UserError(f"{root} holds an older revision of Hugging Face's imagenet-1k ({old[0]}: tar.gz "
                         f"archives), which is not supported: download the current one (Parquet files under "
@@ -394,6 +395,8 @@ def stage(cat: Catalog, out: Path, workers: int = 1, progress=None, say=lambda t
             tasks.append(StageTask(source, str(pack), rows))
         else:
             placed[(split, source)] = done
+            if progress is not None:
+                progress.update(len(rows))
     keep = {folder / _pack_name(split, Path(source)) for split, source in wanted}
     for p in folder.iterdir():  # another selection's files, and leftovers of a killed run
         if p.with_suffix(".bytes") not in keep and p not in keep:
@@ -406,8 +409,8 @@ def stage(cat: Catalog, out: Path, workers: int = 1, progress=None, say=lambda t
                             f"{_size(need)} needed, {_size(free)} free")
         n = sum(len(t.rows) for t in tasks)
         say(f"copying the JPEG bytes of {n:,} images out of {len(tasks)} Parquet files into {folder} (about "
-            f"{_size(need)}, removed when prepare finishes): read in place, the shuffled training order "
-            f"would read a whole row group per image")
+            f"{_size(need)}; removed when prepare finishes), so that the shuffled training order does not "
+            f"read a whole row group per image")
         for task, result in zip(tasks, parallel_map(stage_file, tasks, workers, progress)):
             placed[(_split_of(task.pack), task.source)] = result
     elif wanted:
@@ -504,9 +507,3 @@ def _size(n: int) -> str:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:200] or type(e).__name__
-
-
-def describe(hf: HFData) -> str:
-    n = {split: len(paths) for split, paths in hf.files.items()}
-    return (f"Hugging Face Parquet files: {n['train']} train and {n['val']} validation"
-            + (", classes.py" if hf.classes_py else ""))

@@ -147,8 +147,8 @@ def prepare(opts: Options, stream=None) -> Summary:
     selection = subsets.choose(cat, opts.classes, opts.classes_file)
     if selection:
         subsets.select(cat, *selection)
-        if cat.subset:
-            say(f"a subset ({selection[1]}): {len(cat.classes)} of {cat.subset['of']} classes, re-indexed 0..{len(cat.classes) - 1}")
+        say(f"a subset ({selection[1]}): {len(cat.classes)} of {cat.subset['of']} classes, re-indexed "
+            f"0..{len(cat.classes) - 1}" if cat.subset else f"{selection[1]} selects every class: the full data")
     if not cat.splits.get("train"):
         raise UserError(f"{opts.source}: no training images found")
     out = Path(opts.out)
@@ -460,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                "(and shards byte-identical to the archives'). Exit status: 0 done; 1 images rejected (see "
                "rejects.tsv; --allow-rejects accepts them) or --verify found mismatches; 2 bad input.")
     p.add_argument("--source", metavar="DIR",
-                   help="the directory holding the archives or the tree (default: data.source in the config, "
-                        "else $ILSVRC_ROOT)")
+                   help="the directory holding the download: the archives, a tree, the Kaggle download or Hugging "
+                        "Face's files (default: data.source in the config, else $ILSVRC_ROOT)")
     p.add_argument("--out", metavar="DIR", help="where the shards go (default: data.shards in the config, data/shards)")
     p.add_argument("--year", type=int, choices=(2012, 2010), help="ILSVRC year (default: data.year in the config, 2012)")
     p.add_argument("--workers", type=int, default=default_workers(), metavar="N",

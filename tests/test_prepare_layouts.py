@@ -116,6 +116,14 @@ def test_kaggle_errors_are_one_line(data, tmp_path, capsys, damage, message):
     assert re.search(message, err), err
 
 
+def test_kaggle_output_may_not_lie_among_its_images(data, tmp_path, capsys):
+    train, val, words = data
+    d = fake.write_kaggle(tmp_path / "src", train, val, words)
+    err = error_line(capsys, ["--source", tmp_path / "src", "--out", d.files["val"] / "shards"])
+    assert "lies inside a folder of images of the source" in err
+    assert not (d.files["val"] / "shards").exists()
+
+
 def test_kaggle_is_ilsvrc_2012_only(data, tmp_path, capsys):
     train, val, words = data
     fake.write_kaggle(tmp_path / "src", train, val, words)
