@@ -24,10 +24,12 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
+        # prepare from Hugging Face's ILSVRC/imagenet-1k Parquet files (data_prep/hf_parquet.py)
+        "hf": ["pyarrow>=12"],
         # train writes TensorBoard event files when this is installed (repro/watch.py)
         "watch": ["tensorboard>=2.10"],
         # the test suite runs the optional paths too, so CI (./run.sh setup installs .[test]) covers them
-        "test": ["pytest>=7", "tensorboard>=2.10"],
+        "test": ["pytest>=7", "pyarrow>=12", "tensorboard>=2.10"],
         "export": ["onnx"],
     },
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},

@@ -1,4 +1,6 @@
-"""Write small datasets in the official ILSVRC layouts, from images you give it.
+"""Write small datasets in the official ILSVRC layouts, from images you give it, and in the layouts
+of the other download routes (the Kaggle download: write_kaggle; Hugging Face's Parquet files:
+write_hf_parquet) from the same images, so that tests can compare what prepare makes of each.
 
 Used by the tests, the prepare benchmark and the demo (`./run.sh demo`): whatever reads the real
 archives reads these the same way.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +77,7 @@ class FakeDataset:
     ilsvrc_ids: dict[str, int]  # class wnid -> ILSVRC id
     val_names: list[str]  # file names in the order of `val`
     test_names: list[str] = field(default_factory=list)
+    parquet: dict[str, list[Path]] = field(default_factory=dict)  # write_hf_parquet: split -> its files
 
 
 # --------------------------------------------------------------------------- synthetic images
@@ -260,27 +264,31 @@ def _synsets_for(train: dict, words: dict | None, extra=()) -> list[Synset]:
 # ------------------------------------------------------------------------------ the writers
 
 def write_ilsvrc2012(out_dir, train: dict[str, list[tuple[str, bytes]]], val: list[tuple[str, bytes]],
-                     words: dict[str, str] | None = None) -> FakeDataset:
+                     words: dict[str, str] | None = None, classes=()) -> FakeDataset:
     """The three official ILSVRC-2012 files in `out_dir`.
 
     train: wnid -> [(file name, bytes)]; val: [(wnid, bytes)], named ILSVRC2012_val_%08d.JPEG in
-    this order; words: wnid -> "words" of the synset. Classes are the union of both."""
+    this order; words: wnid -> "words" of the synset. Classes are the union of both and of
+    `classes` (more classes for the devkit, e.g. 1000 of which only some have images)."""
     out = Path(out_dir)
-    synsets = _synsets_for(train, words, (w for w, _ in val))
+    synsets = _synsets_for(train, words, [w for w, _ in val] + list(classes))
     ids = {s.wnid: s.ilsvrc_id for s in synsets if not s.children}
     val_names = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(len(val))]
-    devkit = tar_bytes([
+    files = {
+        "train": _write(out / "ILSVRC2012_img_train.tar", _train_tar(train)),
+        "val": _write(out / "ILSVRC2012_img_val.tar", tar_bytes(list(zip(val_names, (b for _, b in val))))),
+        "devkit": _write(out / "ILSVRC2012_devkit_t12.tar.gz", _devkit_2012(synsets, val, ids)),
+    }
+    return FakeDataset(out, files, synsets, ids, val_names)
+
+
+def _devkit_2012(synsets: list[Synset], val: list[tuple[str, bytes]], ids: dict[str, int]) -> bytes:
+    return tar_bytes([
         ("ILSVRC2012_devkit_t12/readme.txt", b"Synthetic ILSVRC2012 development kit (data_prep.fake_ilsvrc).\n"),
         ("ILSVRC2012_devkit_t12/data/meta.mat", meta_mat_bytes(synsets, 2012)),
         ("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", _ground_truth([w for w, _ in val], ids)),
         ("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_blacklisted.txt", b""),
     ], compress=True)
-    files = {
-        "train": _write(out / "ILSVRC2012_img_train.tar", _train_tar(train)),
-        "val": _write(out / "ILSVRC2012_img_val.tar", tar_bytes(list(zip(val_names, (b for _, b in val))))),
-        "devkit": _write(out / "ILSVRC2012_devkit_t12.tar.gz", devkit),
-    }
-    return FakeDataset(out, files, synsets, ids, val_names)
 
 
 def write_ilsvrc2010(out_dir, train: dict[str, list[tuple[str, bytes]]], val: list[tuple[str, bytes]],
@@ -340,3 +348,151 @@ def write_tree(out_dir, train: dict[str, list[tuple[str, bytes]]], val: list[tup
              _ground_truth([w for w, _ in val], ids)),
         ], compress=True))
     return FakeDataset(out, files, synsets, ids, val_names)
+
+
+# --------------------------------------------------------------- the other download routes
+
+def _words_of(wnids, words: dict | None) -> dict[str, str]:
+    """The words every writer gives a class (make_synsets' rule: the WordNet id when none given)."""
+    return {w: (words or {}).get(w, w) for w in wnids}
+
+
+def _class_list(train: dict, val: list, classes=()) -> list[str]:
+    return sorted(set(train) | {w for w, _ in val} | set(classes))
+
+
+def write_kaggle(out_dir, train: dict[str, list[tuple[str, bytes]]], val: list[tuple[str, bytes]],
+                 words: dict[str, str] | None = None, classes=(), test: list[bytes] = (), devkit: bool = False,
+                 seed: int = 0) -> FakeDataset:
+    """The Kaggle download of ILSVRC-2012 (the "ImageNet Object Localization Challenge"), unzipped,
+    from the same inputs as write_ilsvrc2012 (same file names, classes and words):
+
+        ILSVRC/Data/CLS-LOC/train/<wnid>/<wnid>_<n>.JPEG
+        ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_%08d.JPEG      flat, numbered in the order of `val`
+        ILSVRC/Data/CLS-LOC/test/ILSVRC2012_test_%08d.JPEG    no labels
+        LOC_synset_mapping.txt     "<wnid> <words>" per class, in sorted-WNID order
+        LOC_val_solution.csv       "ImageId,PredictionString"; per image "<wnid> x0 y0 x1 y1" per box (the
+                                   class is the first WordNet id); rows in no particular order
+        LOC_train_solution.csv, LOC_sample_submission.csv   boxes and a submission example (not read)
+
+    devkit: the official devkit beside the download as well (the source of the ILSVRC ids)."""
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    wnids = _class_list(train, val, classes)
+    word = _words_of(wnids, words)
+    cls_loc = out / "ILSVRC" / "Data" / "CLS-LOC"
+    for wnid, images in train.items():
+        for name, data in images:
+            _write(cls_loc / "train" / wnid / name, data)
+    val_names = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(len(val))]
+    for name, (_, data) in zip(val_names, val):
+        _write(cls_loc / "val" / name, data)
+    for i, data in enumerate(test):
+        _write(cls_loc / "test" / f"ILSVRC2012_test_{i + 1:08d}.JPEG", data)
+
+    def boxes(wnid: str) -> str:
+        return " ".join(f"{wnid} {' '.join(str(v) for v in rng.integers(0, 300, 4))}"
+                        for _ in range(int(rng.integers(1, 3))))
+
+    rows = [f"{name[:-5]},{boxes(wnid)}\n" for name, (wnid, _) in zip(val_names, val)]
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    files = {
+        "train": cls_loc / "train", "val": cls_loc / "val",
+        "mapping": _write(out / "LOC_synset_mapping.txt", "".join(f"{w} {word[w]}\n" for w in wnids).encode()),
+        "val_solution": _write(out / "LOC_val_solution.csv", ("ImageId,PredictionString\n" + "".join(rows)).encode()),
+        "train_solution": _write(out / "LOC_train_solution.csv", ("ImageId,PredictionString\n" + "".join(
+            f"{name[:-5]},{boxes(w)}\n" for w in sorted(train) for name, _ in train[w][:1])).encode()),
+        "sample_submission": _write(out / "LOC_sample_submission.csv", ("ImageId,PredictionString\n" + "".join(
+            f"ILSVRC2012_test_{i + 1:08d},1 2 3 4 5\n" for i in range(len(test)))).encode()),
+    }
+    synsets = _synsets_for(train, words, [w for w, _ in val] + list(classes))
+    ids = {s.wnid: s.ilsvrc_id for s in synsets if not s.children}
+    if devkit:
+        files["devkit"] = _write(out / "ILSVRC2012_devkit_t12.tar.gz", _devkit_2012(synsets, val, ids))
+    return FakeDataset(out, files, synsets, ids, val_names)
+
+
+def hf_table(rows: list[tuple[bytes | None, str | None, int]], path_column: bool = True):
+    """A pyarrow Table as Hugging Face's imagenet-1k Parquet files hold it: `image` (a struct of
+    `bytes`, the image file, and `path`, its original file name) and `label` (int64)."""
+    import pyarrow as pa
+
+    fields = [pa.array([b for b, _, _ in rows], pa.binary())]
+    names = ["bytes"]
+    if path_column:
+        fields.append(pa.array([p for _, p, _ in rows], pa.string()))
+        names.append("path")
+    image = pa.StructArray.from_arrays(fields, names=names)
+    return pa.table({"image": image, "label": pa.array([label for _, _, label in rows], pa.int64())})
+
+
+def write_parquet(path, table, rows_per_group: int) -> Path:
+    """`table` as one Parquet file (snappy, as pyarrow and the datasets library write by default)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=rows_per_group)
+    return path
+
+
+def write_hf_parquet(out_dir, train: dict[str, list[tuple[str, bytes]]], val: list[tuple[str, bytes]],
+                     words: dict[str, str] | None = None, classes=(), test: list[bytes] = (),
+                     files: tuple[int, int] = (3, 2), rows_per_group: int = 3, layout: str = "data",
+                     suffix_names: bool = True, classes_py: bool = True, devkit: bool = False,
+                     seed: int = 0) -> FakeDataset:
+    """Hugging Face's `ILSVRC/imagenet-1k` as `huggingface-cli download ... --local-dir out_dir`
+    stores it, from the same inputs as write_ilsvrc2012 (needs pyarrow):
+
+        data/train-00000-of-00003.parquet ...        layout="data" (the repository's own files), or
+        default/train/0000.parquet ...               layout="default" (the Hub's automatic conversion);
+                                                     likewise validation and test
+        classes.py                                   IMAGENET2012_CLASSES = OrderedDict({"<wnid>": "<words>", ...})
+                                                     in sorted-WNID order (classes_py)
+        README.md                                    the dataset card
+
+    Rows: image = {bytes, path}, label = the class's index in sorted-WNID order (-1 in test).
+    The original file names carry the class as a suffix, as the repository's files do
+    (suffix_names): n01440764_10026_n01440764.JPEG for n01440764_10026.JPEG,
+    ILSVRC2012_val_00000001_n01751748.JPEG; test images are ILSVRC2012_test_%08d.JPEG. Rows are
+    shuffled (seed) and cut into `files` = (train, validation) files of `rows_per_group` rows per
+    row group. devkit: the official devkit beside the data as well."""
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    wnids = _class_list(train, val, classes)
+    label = {w: i for i, w in enumerate(wnids)}
+
+    def hf_name(name: str, wnid: str) -> str:
+        return f"{name[:-5]}_{wnid}.JPEG" if suffix_names else name
+
+    val_names = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(len(val))]
+    splits = {
+        "train": [(data, hf_name(name, w), label[w]) for w in sorted(train) for name, data in train[w]],
+        "validation": [(data, hf_name(name, w), label[w]) for name, (w, data) in zip(val_names, val)],
+        "test": [(data, f"ILSVRC2012_test_{i + 1:08d}.JPEG", -1) for i, data in enumerate(test)],
+    }
+    written: dict[str, list[Path]] = {}
+    for split, rows in splits.items():
+        if not rows:
+            continue
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+        n = {"train": files[0], "validation": files[1]}.get(split, 1)
+        for i, part in enumerate(np.array_split(np.arange(len(rows)), n)):
+            name = (f"data/{split}-{i:05d}-of-{n:05d}.parquet" if layout == "data"
+                    else f"default/{split}/{i:04d}.parquet")
+            table = hf_table([rows[k] for k in part])
+            written.setdefault(split, []).append(write_parquet(out / name, table, rows_per_group))
+    word = _words_of(wnids, words)
+    paths = {"data": out / ("data" if layout == "data" else "default")}
+    paths["readme"] = _write(out / "README.md", b"---\npretty_name: ImageNet (synthetic, data_prep.fake_ilsvrc)\n---\n")
+    if classes_py:
+        entries = "".join(f"        {json.dumps(w)}: {json.dumps(word[w])},\n" for w in wnids)
+        paths["classes"] = _write(out / "classes.py", (
+            "# coding=utf-8\n# Synthetic (data_prep.fake_ilsvrc), in the form of the dataset's own classes.py.\n"
+            "from collections import OrderedDict\n\nIMAGENET2012_CLASSES = OrderedDict(\n    {\n"
+            f"{entries}    }}\n)\n").encode())
+    synsets = _synsets_for(train, words, [w for w, _ in val] + list(classes))
+    ids = {s.wnid: s.ilsvrc_id for s in synsets if not s.children}
+    if devkit:
+        paths["devkit"] = _write(out / "ILSVRC2012_devkit_t12.tar.gz", _devkit_2012(synsets, val, ids))
+    return FakeDataset(out, paths, synsets, ids, val_names, parquet=written)

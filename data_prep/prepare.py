@@ -1,11 +1,16 @@
-"""`./run.sh prepare`: official ILSVRC archives (or an extracted tree) -> HDF5 shards + stats.
+"""`./run.sh prepare`: ImageNet as downloaded (official archives, an extracted tree, the Kaggle
+download, Hugging Face's Parquet files) -> HDF5 shards + stats.
 
     ./run.sh prepare --source DIR --out DIR [--year 2012|2010] [--workers N] [--limit-per-class N]
-                     [--allow-rejects] [--seed N] [--shard-size N]
+                     [--classes N | --classes-file F] [--allow-rejects] [--seed N] [--shard-size N]
     ./run.sh prepare --verify DIR
 
 What happens (paper section 2; the formats: docs/architecture.md, "Shards and statistics"):
-1. Index: data_prep.sources reads the devkit and the tar headers (never extracting anything).
+1. Index: data_prep.layouts finds the layout; for the archives data_prep.sources reads the devkit
+   and the tar headers (never extracting anything). --classes / --classes-file keep some classes
+   (data_prep/subsets.py). Hugging Face's Parquet files are then staged: the JPEG bytes of the
+   images to prepare are copied once, in file order, to flat files the workers read like an
+   archive (data_prep/hf_parquet.py says why; removed at the end).
 2. Plan: training images in one order shuffled by the seed (sorted by a keyed hash of their
    names, so the order is a pure function of the seed and the file list), validation and test in
    file order; each split cut into shards of --shard-size images. Each shard has a digest of
@@ -37,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep import images, shards, sources
+from data_prep import hf_parquet, images, layouts, shards, sources, subsets
 from data_prep.sources import Catalog, Item
 from data_prep.stats import Moments
 from data_prep.workers import ShardResult, ShardTask, parallel_map, run_shard
@@ -70,6 +75,8 @@ class Options:
     seed: int = 0
     shard_size: int = SHARD_SIZE
     quiet: bool = False  # no progress or summary lines (tests, the demo)
+    classes: int = 0  # --classes N: the first N classes in sorted-WNID order (0: all)
+    classes_file: Path | None = None  # --classes-file: the classes' WordNet ids, one per line
 
 
 @dataclass
@@ -134,15 +141,23 @@ def prepare(opts: Options, stream=None) -> Summary:
     say = (lambda text: None) if opts.quiet else (lambda text: print(f"prepare: {text}", file=stream, flush=True))
     if opts.shard_size < 1:
         raise UserError("--shard-size must be at least 1")
-    say(f"indexing {opts.source} (ILSVRC-{opts.year}): reading the devkit and the archives' headers")
-    with _progress(None, opts, stream, desc="index", unit="classes") as bar:
-        cat = sources.catalog(opts.source, opts.year, opts.limit_per_class, bar, _pool_runner(opts.workers))
+    say(f"indexing {opts.source} (ILSVRC-{opts.year})")
+    with _progress(None, opts, stream, desc="index", unit=layouts.index_unit(opts.source)) as bar:
+        cat = layouts.catalog(opts.source, opts.year, opts.limit_per_class, bar, _pool_runner(opts.workers))
+    selection = subsets.choose(cat, opts.classes, opts.classes_file)
+    if selection:
+        subsets.select(cat, *selection)
+        say(f"a subset ({selection[1]}): {len(cat.classes)} of {cat.subset['of']} classes, re-indexed "
+            f"0..{len(cat.classes) - 1}" if cat.subset else f"{selection[1]} selects every class: the full data")
     if not cat.splits.get("train"):
         raise UserError(f"{opts.source}: no training images found")
     out = Path(opts.out)
-    if cat.layout == "tree" and any(_inside(out, Path(opts.source) / s) for s in cat.splits):
-        raise UserError(f"--out {out} lies inside a split folder of the source {opts.source}")
+    if cat.layout in ("tree", layouts.KAGGLE) and any(_inside(out, p) for p in cat.sources if p.is_dir()):
+        raise UserError(f"--out {out} lies inside a folder of images of the source {opts.source}")
     out.mkdir(parents=True, exist_ok=True)
+    if cat.layout == hf_parquet.LAYOUT:
+        with _lock(out), _progress(sum(map(len, cat.splits.values())), opts, stream, desc="stage") as bar:
+            hf_parquet.stage(cat, out, opts.workers, bar, say)
     tasks = plan_shards(cat, out, opts.seed, opts.shard_size)
     counts = {s: len(v) for s, v in cat.splits.items()}
     say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes: "
@@ -181,6 +196,9 @@ def prepare(opts: Options, stream=None) -> Summary:
         files.fsync(out)  # the shards' renames
         shards.write_stats(out, stats)
         shards.write_manifest(out, _manifest(cat, opts, results, source_info, rejects))
+        freed = hf_parquet.remove_staging(out)
+    if freed:
+        say(f"removed the staged JPEG bytes ({_gb(freed)}): the shards are complete")
     summary.complete = True
     summary.seconds = time.monotonic() - t0
     size = sum(r.bytes for r in results)
@@ -355,6 +373,7 @@ def _manifest(cat: Catalog, opts: Options, results: list[ShardResult], source_in
         "train_order": TRAIN_ORDER,
         "shard_size": opts.shard_size,
         "limit_per_class": opts.limit_per_class,
+        "subset": cat.subset,
         "resize": images.DESCRIPTION,
         "classes": [{"index": i, "wnid": c.wnid, "words": c.words, "ilsvrc_id": c.ilsvrc_id}
                     for i, c in enumerate(cat.classes)],
@@ -422,26 +441,41 @@ class _SourceHasher:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="./run.sh prepare",
-        description="Turn ImageNet as image-net.org serves it (or an extracted tree) into the HDF5 shards "
-                    "and mean/PCA statistics the trainer reads. Safe to interrupt: run it again and it "
-                    "continues where it stopped.",
-        epilog="Sources: the official ILSVRC-2012 files in one directory (ILSVRC2012_img_train.tar, "
-               "ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz), the ILSVRC-2010 files (--year 2010: "
-               "ILSVRC2010_images_{train,val,test}.tar, ILSVRC2010_devkit-1.0.tar.gz and "
-               "ILSVRC2010_test_ground_truth.txt; a layout taken from public converters of the real files, "
-               "not checked against them here), or an "
-               "extracted tree: train/<wnid>/*.JPEG and val/ as <wnid>/ folders, or flat with the devkit "
-               "beside it. Exit status: 0 done; 1 images rejected (see rejects.tsv; --allow-rejects accepts "
-               "them) or --verify found mismatches; 2 bad input.")
+        description="Turn ImageNet as you downloaded it (image-net.org's archives, an extracted tree, the "
+                    "Kaggle download or Hugging Face's Parquet files) into the HDF5 shards and mean/PCA "
+                    "statistics the trainer reads; the same images give the same shards whichever route "
+                    "they came by. Safe to interrupt: run it again and it continues where it stopped.",
+        epilog="Sources (the layout is recognised by itself): the official ILSVRC-2012 files in one directory "
+               "(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz); the "
+               "ILSVRC-2010 files (--year 2010: ILSVRC2010_images_{train,val,test}.tar, "
+               "ILSVRC2010_devkit-1.0.tar.gz and ILSVRC2010_test_ground_truth.txt; a layout taken from public "
+               "converters of the real files, not checked against them here); an extracted tree: "
+               "train/<wnid>/*.JPEG and val/ as <wnid>/ folders, or flat with the devkit beside it; the Kaggle "
+               "download (kaggle competitions download -c imagenet-object-localization-challenge, unzipped: "
+               "the folder holding ILSVRC/ and LOC_synset_mapping.txt, LOC_val_solution.csv); Hugging Face's "
+               "ILSVRC/imagenet-1k (huggingface-cli download ILSVRC/imagenet-1k --repo-type dataset "
+               "--local-dir DIR: the folder holding data/*.parquet and classes.py; needs pyarrow, "
+               "pip install -e '.[hf]'; the images' bytes are staged under --out while it runs). Kaggle and "
+               "Hugging Face carry no ILSVRC ids: put ILSVRC2012_devkit_t12.tar.gz beside the data to get them "
+               "(and shards byte-identical to the archives'). Exit status: 0 done; 1 images rejected (see "
+               "rejects.tsv; --allow-rejects accepts them) or --verify found mismatches; 2 bad input.")
     p.add_argument("--source", metavar="DIR",
-                   help="the directory holding the archives or the tree (default: data.source in the config, "
-                        "else $ILSVRC_ROOT)")
+                   help="the directory holding the download: the archives, a tree, the Kaggle download or Hugging "
+                        "Face's files (default: data.source in the config, else $ILSVRC_ROOT)")
     p.add_argument("--out", metavar="DIR", help="where the shards go (default: data.shards in the config, data/shards)")
     p.add_argument("--year", type=int, choices=(2012, 2010), help="ILSVRC year (default: data.year in the config, 2012)")
     p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
                    help="worker processes (default: all %(default)s cores; 1 runs in this process)")
     p.add_argument("--limit-per-class", type=int, default=0, metavar="N",
                    help="only the first N images of each class in each split (small trials)")
+    subset = p.add_mutually_exclusive_group()
+    subset.add_argument("--classes", type=int, default=0, metavar="N",
+                        help="only the first N classes in class-index order, i.e. sorted WordNet ids (n01440764 "
+                             "tench, n01443537 goldfish, ...), re-indexed 0..N-1 in both splits; manifest.json "
+                             "records the subset (default: all classes)")
+    subset.add_argument("--classes-file", metavar="FILE",
+                        help="only the classes whose WordNet ids FILE lists, one per line (words after the id, "
+                             "blank lines and # comments ignored), re-indexed 0..N-1 in sorted-WordNet-id order")
     p.add_argument("--allow-rejects", action="store_true",
                    help="finish (stats.h5, manifest.json) and exit 0 even if some images cannot be decoded")
     p.add_argument("--seed", type=int, default=0, help="seed of the training-set order (default: %(default)s)")
@@ -466,7 +500,8 @@ def _config_data(path: str | None):
 
 def no_source_message(year: int) -> str:
     return (f"no ImageNet given: download {DOWNLOAD[year]} from https://image-net.org/download-images "
-            f"(free account) into one directory, then pass --source DIR or set ILSVRC_ROOT=DIR; "
+            f"(free account) into one directory (or use the Kaggle download or Hugging Face's ILSVRC/imagenet-1k: "
+            f"./run.sh prepare --help), then pass --source DIR or set ILSVRC_ROOT=DIR; "
             f"`./run.sh demo` runs the whole pipeline without them")
 
 
@@ -479,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--workers must be at least 1")
     if args.limit_per_class < 0:
         raise UserError("--limit-per-class must be 0 (all) or more")
+    if args.classes < 0:
+        raise UserError("--classes must be 0 (all) or more")
     data = _config_data(args.config)
     year = args.year or data.year
     source = args.source or data.source or os.environ.get("ILSVRC_ROOT", "")
@@ -487,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(source).is_dir():
         raise UserError(f"source {source} is not a directory ({no_source_message(year)})")
     opts = Options(Path(source), Path(args.out or data.shards), year, args.workers, args.limit_per_class,
-                   args.allow_rejects, args.seed, args.shard_size, args.quiet)
+                   args.allow_rejects, args.seed, args.shard_size, args.quiet, classes=args.classes,
+                   classes_file=Path(args.classes_file) if args.classes_file else None)
     try:
         summary = prepare(opts)
     except KeyboardInterrupt:

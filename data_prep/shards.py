@@ -28,7 +28,9 @@ manifest.json holds (JSON):
                                                          "content" (an archive's bytes) or "listing"
                                                          (a folder: sorted "path<TAB>size" lines)
     rejects: {"count", "file", "per_split"}              images that could not be used (rejects.tsv)
-    layout ("archives" or "tree"), shard_size, limit_per_class, train_order (how the seed is used)
+    layout ("archives", "tree", "kaggle" or "hf-parquet"), shard_size, limit_per_class,
+    train_order (how the seed is used)
+    subset: null (all classes) or {"classes", "of", "selected_by", "wnids_sha256"} (data_prep/subsets.py)
 
 stats.h5 holds: mean float64 [256, 256, 3]; covariance, eigenvectors float64 [3, 3]; eigenvalues
 float64 [3] (descending); attrs pixels, images (training images), scale = "0-255"; and

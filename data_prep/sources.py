@@ -73,13 +73,14 @@ class ClassInfo:
 @dataclass
 class Catalog:
     year: int
-    layout: str  # "archives" or "tree"
+    layout: str  # "archives" or "tree"; "kaggle" or "hf-parquet" (data_prep/layouts.py, data_prep/hf_parquet.py)
     root: Path
     classes: list[ClassInfo]  # sorted by WordNet id
     splits: dict[str, list[Item]]  # train by (class, name); val and test in file-name order
     rejects: list[Reject] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)  # the archives, folders and files read
     patched: dict[str, int] = field(default_factory=dict)  # split -> images read from ILSVRC-2010's patch_images.tar
+    subset: dict | None = None  # the classes selected by prepare --classes / --classes-file (data_prep/subsets.py)
 
 
 @dataclass
@@ -135,7 +136,8 @@ def find_layout(root: Path, year: int) -> str:
     if any((root / n).exists() for n in ARCHIVES[other].values()):
         raise UserError(f"{root} holds ILSVRC-{other} archives; pass --year {other}")
     raise UserError(f"{root} is in no known layout: expected the official archives "
-                    f"({', '.join(names.values())}) or an extracted tree (train/<wnid>/*.JPEG and val/)")
+                    f"({', '.join(names.values())}), an extracted tree (train/<wnid>/*.JPEG and val/), the Kaggle "
+                    f"download (ILSVRC/Data/CLS-LOC/ and LOC_*.csv) or Hugging Face's imagenet-1k (data/*.parquet)")
 
 
 def _limit(items: list[Item], n: int) -> list[Item]:
