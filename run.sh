@@ -89,7 +89,7 @@ setup() {
 cmd="${1:-}"
 case "$cmd" in
   setup) shift; setup "$@" ;;
-  test) shift; cd "$REPO"; exec "$(python_bin)" -m pytest -q tests "$@" ;;
+  test) shift; cd "$REPO"; exec "$(python_bin)" -m pytest -q "$@" ;;  # pytest.ini: testpaths = tests
   prepare|train|eval|report|predict|export|demo|bench)
     PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$(python_bin)" -m repro "$@" ;;
   -h|--help|help) usage ;;
