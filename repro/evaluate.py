@@ -272,7 +272,9 @@ def _cached(run_dir: Path, split: str, views: str, ckpt_rec: dict, data_rec: dic
         return None
     same = (rec.get("checkpoint", {}).get("sha256") == ckpt_rec["sha256"]
             and rec.get("data", {}).get("shards") == data_rec["shards"])
-    return {**rec, "record_file": str(path)} if same and (path.parent / rec.get("probs_file", "")).is_file() else None
+    if not (same and (path.parent / rec.get("probs_file", "")).is_file()):
+        return None
+    return {**rec, "record_file": str(path), "reused": True}
 
 
 def write_record(run_dir: Path, split: str, views: str, probs: torch.Tensor, labels: torch.Tensor,
@@ -373,5 +375,11 @@ def main(argv) -> int:
     for views, rec in recs.items():
         label = "10 views" if views == "ten" else "centre crop"
         print(f"  {label:<12} top-1 {rec['top1_error']:.2%}  top-5 {rec['top5_error']:.2%}")
-    print("written " + ", ".join(rec["record_file"] for rec in recs.values()))
+    reused = [rec["record_file"] for rec in recs.values() if rec.get("reused")]
+    written = [rec["record_file"] for rec in recs.values() if not rec.get("reused")]
+    if written:
+        print("written " + ", ".join(written))
+    if reused:
+        print("reused " + ", ".join(reused) + " (the same checkpoint on the same shards: nothing to evaluate; "
+              "--again evaluates anew)")
     return 0

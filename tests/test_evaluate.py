@@ -73,11 +73,14 @@ def test_eval_writes_records_with_checkpoint_and_shard_hashes_and_reuses_them(ti
         atol = views_atol(model, val_images(tiny_shards), shards.read_stats(tiny_shards).mean)
         torch.testing.assert_close(evaluate.load_probs(run, rec), probs, rtol=0, atol=atol)  # other batch size
     stamp = (run / "eval" / "val-ten.probs.npy").stat().st_mtime_ns
+    capsys.readouterr()
     assert cli.main(["eval", str(run), "--workers", "0", "--views", "ten"]) == 0  # same checkpoint: reused
     assert (run / "eval" / "val-ten.probs.npy").stat().st_mtime_ns == stamp
+    out = capsys.readouterr().out
+    assert "10 views" in out and "reused" in out and "nothing to evaluate" in out and "written" not in out
     assert cli.main(["eval", str(run), "--workers", "0", "--views", "ten", "--again"]) == 0
     assert (run / "eval" / "val-ten.probs.npy").stat().st_mtime_ns != stamp
-    assert "10 views" in capsys.readouterr().out
+    assert "written" in capsys.readouterr().out
 
 
 @pytest.mark.slow
