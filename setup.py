@@ -23,6 +23,12 @@ setup(
         "h5py>=3.8",
         "matplotlib>=3.6",
     ],
-    extras_require={"test": ["pytest>=7"], "export": ["onnx"]},
+    extras_require={
+        # ./run.sh export --format onnx | safetensors (repro/export.py). Floors tested with torch
+        # 2.13: its exporter needs onnxscript 0.6+; onnxruntime 1.18 does not import with numpy 2, 1.19 does.
+        "export": ["onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
+        # the suite runs the ONNX and safetensors round trips too (./run.sh setup installs .[test])
+        "test": ["pytest>=7", "onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
+    },
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},
 )
