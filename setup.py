@@ -28,9 +28,12 @@ setup(
         "hf": ["pyarrow>=12"],
         # train writes TensorBoard event files when this is installed (repro/watch.py)
         "watch": ["tensorboard>=2.10"],
+        # ./run.sh export --format onnx | safetensors (repro/export.py). Floors tested with torch
+        # 2.13: its exporter needs onnxscript 0.6+; onnxruntime 1.18 does not import with numpy 2, 1.19 does.
+        "export": ["onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
         # the test suite runs the optional paths too, so CI (./run.sh setup installs .[test]) covers them
-        "test": ["pytest>=7", "pyarrow>=12", "tensorboard>=2.10"],
-        "export": ["onnx"],
+        "test": ["pytest>=7", "pyarrow>=12", "tensorboard>=2.10",
+                 "onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
     },
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},
 )

@@ -16,7 +16,7 @@ COMMANDS = {
     "eval": ("repro.evaluate", "centre-crop and 10-view top-1 / top-5 error, ensembles"),
     "report": ("repro.report", "the paper's tables beside this project's runs, with figures"),
     "predict": ("repro.predict", "top-5 classes of image files with a trained run"),
-    "export": ("repro.export", "a trained run as TorchScript for use outside this project"),
+    "export": ("repro.export", "a trained run as TorchScript, ONNX or safetensors for use elsewhere"),
     "demo": ("repro.demo", "the whole path on a small generated dataset, on a CPU"),
     "bench": ("repro.bench", "the project's benchmarks as one table"),
 }
