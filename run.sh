@@ -19,7 +19,7 @@ usage: ./run.sh <command> [options]
   eval       centre-crop and 10-view top-1 / top-5 error of a run, ensembles
   report     the paper's tables beside this project's runs, figures (results/<name>/report.md)
   predict    top-5 classes of image files with a trained run
-  export     a trained run as TorchScript for use outside this project
+  export     a trained run as TorchScript, ONNX or safetensors for use elsewhere
   demo       the whole path on a small generated dataset, on a CPU, in minutes
   bench      the project's benchmarks as one table
 

@@ -324,3 +324,8 @@ def test_help_shows_the_tested_snippets(capsys):
         for line in snippet.splitlines():
             assert line.strip() in out
 
+
+
+def test_readme_shows_the_tested_snippets():
+    readme = (REPO / "README.md").read_text()
+    assert export.ONNX_SNIPPET.rstrip() in readme and export.SAFETENSORS_SNIPPET.rstrip() in readme
