@@ -6,7 +6,7 @@ Both pipelines read the same generated images in the same run, from the page cac
 loader workers and batches of 128:
 - project: repro.data.train_batches over HDF5 shards (the images resized to 256 and centre-
   cropped, as `prepare` does), delivering ready uint8 224x224 crops (mirrored where drawn) in the
-  main process; a second row adds the float work (mean image, PCA lighting) on the CPU in the main
+  main process, in the trainer's ring of reused shared buffers; a second row adds the float work (mean image, PCA lighting) on the CPU in the main
   process, i.e. the network's input ready as with `augment.on = "cpu"`;
 - baseline: the usual torchvision-style folder pipeline written with PIL + torch (torchvision
   itself is not a dependency): JPEG files in class folders (ImageNet-sized, about 500x375,
@@ -168,7 +168,7 @@ def run(quick: bool = False, images: int | None = None) -> list[dict]:
         cfg.data.batch_size, cfg.data.workers = BATCH, WORKERS
         baseline_loader = lambda epoch: torch.utils.data.DataLoader(
             JpegFolder(jpeg), batch_size=BATCH, shuffle=True, num_workers=WORKERS)
-        project_iter = lambda epoch: data.train_batches(shard_dir, cfg, epoch)
+        project_iter = lambda epoch: data.train_batches(shard_dir, cfg, epoch, reuse_buffers=True)  # as the trainer
         normalizer = data.make_normalizer(shard_dir, cfg, "cpu")
         # One untimed pass of each (imports, first-touch of memory maps), then the timed passes.
         _rate(1, project_iter)

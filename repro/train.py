@@ -366,7 +366,7 @@ def train_epoch(run: Run, stop: StopRequest) -> str | None:
     with Progress(left, f"epoch {epoch + 1}/{cfg.schedule.epochs}", unit="img", quiet=not run.writer) as bar:
         waited = time.perf_counter()
         for batch in data.train_batches(run.data_root, cfg, epoch, pos.step_in_epoch, run.part, run.parts,
-                                        pin_memory=run.device.type == "cuda"):
+                                        pin_memory=run.device.type == "cuda", reuse_buffers=True):
             x, y = inputs(run, batch)
             ready = time.perf_counter()
             loss, logits, stop_now = train_step(run, x, y, stop)

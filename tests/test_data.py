@@ -184,3 +184,19 @@ def test_batch_to_moves_every_tensor_and_keeps_the_flag():
     assert all(t.device.type == "meta" for t in (moved.images, moved.labels, moved.offsets,
                                                  moved.alphas, moved.indices))
     assert moved.lighting is False and b.images.device.type == "cpu"
+
+
+@pytest.mark.parametrize("workers, batch", [(0, 8), (2, 4)])
+def test_the_trainers_ring_of_reused_buffers_gives_the_same_batches(tiny_shards, workers, batch):
+    """reuse_buffers=True (the trainer's loader): the same batches as fresh buffers, read while
+    they are valid, from a ring of slots that comes round again (no new shared memory per batch)."""
+    cfg = _cfg(batch, workers=workers)  # more batches than slots, so that the ring comes round
+    fresh = list(data.train_batches(tiny_shards, cfg, epoch=1))
+    seen, pointers = [], []
+    for b in data.train_batches(tiny_shards, cfg, epoch=1, reuse_buffers=True):
+        seen.append(data.Batch(b.images.clone(), b.labels, b.offsets, b.alphas, b.indices, b.lighting))
+        pointers.append(b.images.data_ptr())
+    assert _same(seen, fresh)
+    slots = workers * data.PREFETCH + 3
+    assert len(set(pointers)) == min(slots, len(fresh))  # one slot per batch, until they come round
+    assert len(fresh) > slots and pointers[slots] == pointers[0]
