@@ -7,6 +7,17 @@
   ImageNet pipelines.
 - Colour: CMYK (Adobe-inverted or not), greyscale, palette, and PNG files named .JPEG all come
   out RGB through Pillow's convert("RGB"); an alpha channel is dropped.
+- Depth: Pillow's convert() clips wider greyscale values at 255 (a 16-bit photo would come out
+  almost white), so single-channel images deeper than 8 bits are first scaled to 8 bits
+  (to_8bit), each value rounded to the nearest level:
+  - 16-bit (modes I;16, I;16L, I;16B, I;16N): by their nominal range, 0..65535 -> 0..255
+    (v * 255 / 65535; a 16-bit file made from an 8-bit one, v * 257, gives back exactly v);
+  - 32-bit integer (mode I, e.g. an int32 TIFF): negative values are 0; the range is the
+    smallest of 0..255, 0..65535 and 0..2**31-1 that holds the image's largest value (such files
+    mostly carry 8- or 16-bit data);
+  - 32-bit float (mode F): NaN is 0; 0..1 if no value exceeds 1 (the usual float convention),
+    else 0..255; values outside the range are clipped.
+  Multi-channel 16-bit files (48-bit RGB PNG or TIFF) are reduced to 8 bits by Pillow itself.
 - Resize: Pillow's BICUBIC filter, which is antialiased when shrinking (the kernel is widened by
   the reduction factor, as in Pillow's resize since 2.7), to the size whose shorter side is 256;
   the other side is rounded half up. Then the central crop (left/top offsets rounded down).
@@ -23,6 +34,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -64,6 +76,8 @@ def decode_rgb(data: bytes) -> Image.Image:
             warnings.simplefilter("ignore")  # e.g. "Possibly corrupt EXIF data"
             im = Image.open(io.BytesIO(data))
             im.load()  # a truncated file fails here (Pillow's LOAD_TRUNCATED_IMAGES is off)
+            if im.mode.startswith("I") or im.mode == "F":  # I, I;16*: deeper than 8 bits
+                im = to_8bit(im)
             if im.mode != "RGB":
                 im = im.convert("RGB")
     except Image.DecompressionBombError as e:
@@ -75,6 +89,25 @@ def decode_rgb(data: bytes) -> Image.Image:
     if im.width < 1 or im.height < 1:
         raise BadImage(f"empty image {im.width}x{im.height}")
     return im
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A 16- or 32-bit single-channel image as mode L, scaled by the rule in the module docstring."""
+    a = np.asarray(im)
+    if im.mode == "F":
+        x = np.nan_to_num(a.astype(np.float64), nan=0.0)
+        if x.size and x.max() <= 1.0:
+            x = x * 255.0
+        return Image.fromarray(np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8), "L")
+    if im.mode.startswith("I;16"):
+        v, full = a.astype(np.int64), 65535
+    elif im.mode == "I":
+        v = np.maximum(a.astype(np.int64), 0)
+        top = int(v.max()) if v.size else 0
+        full = 255 if top <= 255 else 65535 if top <= 65535 else 2 ** 31 - 1
+    else:
+        raise ValueError(f"to_8bit: mode {im.mode} is not a 16- or 32-bit single-channel mode")
+    return Image.fromarray(((v * 255 + full // 2) // full).astype(np.uint8), "L")
 
 
 def resize_crop(im: Image.Image, size: int = SIZE) -> np.ndarray:
@@ -122,5 +155,15 @@ def load(data: bytes, size: int = SIZE) -> np.ndarray:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = deterministic(" ".join(str(e).split()) or type(e).__name__)
     return text[:200]
+
+
+_ADDRESS = re.compile(r"\s+at 0x[0-9a-fA-F]+(?=>)")
+
+
+def deterministic(text: str) -> str:
+    """A reason without what differs from run to run: object addresses in exception texts
+    ("<_io.BytesIO object at 0x7f...>" -> "<_io.BytesIO object>"), so that rejects.tsv is the
+    same for the same inputs."""
+    return _ADDRESS.sub("", text)

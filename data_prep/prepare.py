@@ -3,7 +3,7 @@ download, Hugging Face's Parquet files) -> HDF5 shards + stats.
 
     ./run.sh prepare --source DIR --out DIR [--year 2012|2010] [--workers N] [--limit-per-class N]
                      [--classes N | --classes-file F] [--allow-rejects] [--seed N] [--shard-size N]
-    ./run.sh prepare --verify DIR
+    ./run.sh prepare --verify DIR [--source DIR]
 
 What happens (paper section 2; the formats: docs/architecture.md, "Shards and statistics"):
 1. Index: data_prep.layouts finds the layout; for the archives data_prep.sources reads the devkit
@@ -21,11 +21,15 @@ What happens (paper section 2; the formats: docs/architecture.md, "Shards and st
 4. Finish: rejects.tsv, stats.h5 (mean image and RGB covariance over the training shards) and
    manifest.json, written last as the "done" mark.
 
-Run again after an interruption, it continues: a shard whose journal entry has the same digest
-and whose file has the recorded hash is kept; anything else is rewritten. The result is
-byte-for-byte that of an uninterrupted run. Images that cannot be decoded are listed with the
-reason in rejects.tsv; unless --allow-rejects is given, the run then stops before stats.h5 and
-manifest.json and exits with status 1 (running again with --allow-rejects keeps every shard).
+Run again after an interruption, it continues: a shard is kept when its journal entry has the
+same digest, its file has the recorded hash, and the bytes it was built from are still what the
+sources hold (the same files untouched, or, for a source file touched, copied or downloaded
+again, the same bytes read again: data_prep.workers); anything else is rewritten. The result is
+byte-for-byte that of an uninterrupted run from the sources as they are now. Images that cannot be
+decoded are listed with the reason in rejects.tsv; unless --allow-rejects is given, the run then
+stops before stats.h5 and manifest.json and exits with status 1 (running again with
+--allow-rejects keeps every shard). A class with no training image is always an error (status 2).
+What prepare does with each kind of bad input or fault, and the test that shows it: docs/faults.md.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from pathlib import Path
 from data_prep import hf_parquet, images, layouts, shards, sources, subsets
 from data_prep.sources import Catalog, Item
 from data_prep.stats import Moments
-from data_prep.workers import ShardResult, ShardTask, parallel_map, run_shard
+from data_prep.workers import ShardResult, ShardTask, disk_full, parallel_map, run_shard, source_stamp
 from repro import files
 from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
@@ -56,6 +60,7 @@ REJECTS = "rejects.tsv"
 JOURNAL = ".prepare-journal.jsonl"
 LOCK = ".prepare.lock"
 SOURCE_CACHE = ".sources-cache.json"
+FULL_BELOW = 16 << 20  # bytes free under which an error writing the output is taken for a full disk
 TRAIN_ORDER = "training images sorted by BLAKE2b-64 of '<seed>\\0<wnid>\\0<file name>'"
 DOWNLOAD = {
     2012: "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz",
@@ -151,10 +156,11 @@ def prepare(opts: Options, stream=None) -> Summary:
             f"0..{len(cat.classes) - 1}" if cat.subset else f"{selection[1]} selects every class: the full data")
     if not cat.splits.get("train"):
         raise UserError(f"{opts.source}: no training images found")
+    sources.require_training_images(cat)
     out = Path(opts.out)
     if cat.layout in ("tree", layouts.KAGGLE) and any(_inside(out, p) for p in cat.sources if p.is_dir()):
         raise UserError(f"--out {out} lies inside a folder of images of the source {opts.source}")
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out(out)
     if cat.layout == hf_parquet.LAYOUT:
         with _lock(out), _progress(sum(map(len, cat.splits.values())), opts, stream, desc="stage") as bar:
             hf_parquet.stage(cat, out, opts.workers, bar, say)
@@ -166,7 +172,7 @@ def prepare(opts: Options, stream=None) -> Summary:
     if any(cat.patched.values()):
         say("read from patch_images.tar (the official replacements for blank images): "
             + ", ".join(f"{s} {n:,}" for s, n in cat.patched.items()))
-    with _lock(out):
+    with _lock(out), _os_errors(out):
         _check_space(out, tasks)
         journal = _read_journal(out)
         _clear(out, tasks)
@@ -181,6 +187,8 @@ def prepare(opts: Options, stream=None) -> Summary:
         rejects += [(res.split, name, reason) for res in results for name, reason in res.rejects]
         _write_rejects(out, rejects)
         source_info = hasher.result()
+        _check_unchanged(tasks, results, hasher)
+        _require_training_images(results, cat, out)
         summary = Summary(False, _split_counts(results), _split_shards(results), len(rejects),
                           sum(r.count + len(r.rejects) for r in results if not r.kept), 0.0, out)
         if rejects and not opts.allow_rejects:
@@ -232,12 +240,7 @@ def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, 
             if r.moments is not None:
                 moments.merge(r.moments)  # exact integer sums: the order of arrival does not matter
                 r.moments = None
-        try:
-            return parallel_map(run_shard, tasks, opts.workers, bar, record, hasher.start), moments
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise UserError(f"the disk holding {out} is full: {e}") from None
-            raise
+        return parallel_map(run_shard, tasks, opts.workers, bar, record, hasher.start), moments
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -254,6 +257,41 @@ def _progress(total: int | None, opts: Options, stream, desc: str = "prepare", u
     return Progress(total, desc, unit=unit, stream=stream)
 
 
+def _make_out(out: Path) -> None:
+    """The output directory, created if missing; a file there, or a place where no directory can
+    be made, is one line."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory: pass a directory (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def _os_errors(out: Path):
+    """The file-system errors a run can meet in the output directory, as one line each: a full
+    disk (in a worker, while writing the journal or the lists; also when a later error hides
+    it, or when little room is left) and no permission to write. What was finished stays
+    recorded in the journal, so the same command continues once the cause is removed."""
+    try:
+        yield
+    except OSError as e:
+        text = " ".join(str(e).split())[:160]
+        try:
+            free = shutil.disk_usage(out).free
+        except OSError:
+            free = None
+        if disk_full(e) or (free is not None and free < FULL_BELOW):
+            left = f"{_gb(free)} free; " if free is not None else ""
+            raise UserError(f"the disk holding {out} is full ({left}{text}): free some space there and run the "
+                            f"same command again (finished shards are kept)") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write in {out} ({text}): make it writable or pass another --out "
+                            f"(finished shards are kept)") from None
+        raise
+
+
 @contextlib.contextmanager
 def _lock(out: Path):
     """One prepare at a time per output directory."""
@@ -262,7 +300,12 @@ def _lock(out: Path):
     except ImportError:  # pragma: no cover  (Windows: no lock)
         yield
         return
-    with open(out / LOCK, "w") as f:
+    try:
+        f = open(out / LOCK, "w")
+    except OSError as e:
+        raise UserError(f"cannot write in --out {out} ({e.strerror}): make it writable or pass another "
+                        f"directory") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -323,12 +366,53 @@ def _write_journal(out: Path, results: list[ShardResult]) -> None:
 
 
 def _tsv(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    """One TSV field: tabs, newlines and backslashes escaped, object addresses taken out
+    (images.deterministic), and the bytes of a name that is not UTF-8 shown as \\xNN."""
+    text = images.deterministic(text)
+    text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _write_rejects(out: Path, rejects: list[tuple[str, str, str]]) -> None:
     lines = ["split\tname\treason\n"] + [f"{_tsv(s)}\t{_tsv(n)}\t{_tsv(r)}\n" for s, n, r in rejects]
     files.atomic_write(out / REJECTS, "".join(lines))
+
+
+def _check_unchanged(tasks: list[ShardTask], results: list[ShardResult], hasher: "_SourceHasher") -> None:
+    """No source file changed while this run read it: the identity of each file a shard's images
+    came from, and of each archive when it was hashed, is still that of the file there now.
+    Otherwise a shard, or a hash in the manifest, may be of bytes that are gone; the journal
+    keeps what was read, and the next run checks it against the new bytes."""
+    changed = [Path(p).name for p, ident in hasher.identities.items() if _identity(p) != ident]
+    cache: dict = {}
+    shards_ = [r.name for t, r in zip(tasks, results) if source_stamp(t.items, cache) != r.stamp]
+    if changed or shards_:
+        what = ", ".join(changed) if changed else f"files that {shards_[0]} was built from"
+        raise UserError(f"source files changed while prepare was reading them ({what}): is a download or copy "
+                        f"still writing there? Once it is complete, run the same command again (what was built "
+                        f"from the old bytes is checked against the new ones)")
+
+
+def _identity(path) -> list | None:
+    try:
+        return files.identity(path)
+    except OSError:
+        return None
+
+
+def _require_training_images(results: list[ShardResult], cat: Catalog, out: Path) -> None:
+    """Every class keeps at least one training image after decoding (sources.require_training_images
+    checked the catalogue; here all of a class's images may have been rejected)."""
+    counts = _per_class(results, len(cat.classes)).get("train")
+    empty = [c.wnid for c, n in zip(cat.classes, counts) if n == 0] if counts is not None else []
+    if empty:
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise UserError(f"{len(empty)} of {len(cat.classes)} classes have no training image left, every one "
+                        f"was rejected: {', '.join(empty[:5])}{more} (reasons in {out / REJECTS}); the training "
+                        f"data is damaged: download it again")
 
 
 def _split_counts(results: list[ShardResult]) -> dict[str, int]:
@@ -386,11 +470,14 @@ def _manifest(cat: Catalog, opts: Options, results: list[ShardResult], source_in
 
 class _SourceHasher:
     """SHA-256 of each source archive, in a thread while the workers decode (an archive's hash is
-    remembered in .sources-cache.json by size and modification time, so a resumed run does not
-    read 150 GB again). A folder's hash is of its listing (sorted "path<TAB>size" lines)."""
+    remembered in .sources-cache.json with its identity, repro.files.identity: size, mtime, ctime,
+    inode and device, so a resumed run does not read 150 GB again, and a file edited in place,
+    even with its mtime set back, or downloaded again is hashed again). A folder's hash is of its
+    listing (sorted "path<TAB>size" lines). `identities`: each archive's identity when hashed."""
 
     def __init__(self, out: Path, paths: list[Path]):
         self.out, self.paths = out, paths
+        self.identities: dict[str, list] = {}
         self._thread = None
         self._result: list[dict] | None = None
         self._error: BaseException | None = None
@@ -418,18 +505,20 @@ class _SourceHasher:
             out = []
             for p in self.paths:
                 if p.is_dir():
-                    lines = sources.listing_lines(p)
-                    size = sum(int(line.rsplit("\t", 1)[1]) for line in lines)
-                    digest = hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
+                    size, digest = sources.listing_sha256(p)
                     out.append({"name": p.name, "bytes": size, "sha256": digest, "hash_of": "listing"})
                     continue
-                st = p.stat()
+                before = files.identity(p)
                 key = f"{p.resolve()}"
                 hit = cache.get(key)
-                if not (hit and hit["bytes"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns):
-                    hit = cache[key] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                        "sha256": files.sha256(p)}
-                out.append({"name": p.name, "bytes": st.st_size, "sha256": hit["sha256"], "hash_of": "content"})
+                if not (isinstance(hit, dict) and hit.get("identity") == before and "sha256" in hit):
+                    digest = files.sha256(p)
+                    if files.identity(p) != before:
+                        raise UserError(f"{p} changed while it was being hashed: is a download or copy still "
+                                        f"writing it? Once it is complete, run the same command again")
+                    hit = cache[key] = {"identity": before, "sha256": digest}
+                self.identities[str(p)] = before
+                out.append({"name": p.name, "bytes": before[0], "sha256": hit["sha256"], "hash_of": "content"})
             files.atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True))
             self._result = out
         except BaseException as e:  # re-raised in the main thread by result()
@@ -444,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn ImageNet as you downloaded it (image-net.org's archives, an extracted tree, the "
                     "Kaggle download or Hugging Face's Parquet files) into the HDF5 shards and mean/PCA "
                     "statistics the trainer reads; the same images give the same shards whichever route "
-                    "they came by. Safe to interrupt: run it again and it continues where it stopped.",
+                    "they came by. Safe to interrupt: run it again and it continues where it stopped, "
+                    "keeping a finished shard only if the sources still hold the bytes it was built from.",
         epilog="Sources (the layout is recognised by itself): the official ILSVRC-2012 files in one directory "
                "(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz); the "
                "ILSVRC-2010 files (--year 2010: ILSVRC2010_images_{train,val,test}.tar, "
@@ -458,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                "pip install -e '.[hf]'; the images' bytes are staged under --out while it runs). Kaggle and "
                "Hugging Face carry no ILSVRC ids: put ILSVRC2012_devkit_t12.tar.gz beside the data to get them "
                "(and shards byte-identical to the archives'). Exit status: 0 done; 1 images rejected (see "
-               "rejects.tsv; --allow-rejects accepts them) or --verify found mismatches; 2 bad input.")
+               "rejects.tsv; --allow-rejects accepts them) or --verify found mismatches; 2 bad input (including "
+               "a class with no training image, a full disk, an unwritable --out; one line says what to do). "
+               "docs/faults.md lists every case.")
     p.add_argument("--source", metavar="DIR",
                    help="the directory holding the download: the archives, a tree, the Kaggle download or Hugging "
                         "Face's files (default: data.source in the config, else $ILSVRC_ROOT)")
@@ -477,14 +569,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only the classes whose WordNet ids FILE lists, one per line (words after the id, "
                              "blank lines and # comments ignored), re-indexed 0..N-1 in sorted-WordNet-id order")
     p.add_argument("--allow-rejects", action="store_true",
-                   help="finish (stats.h5, manifest.json) and exit 0 even if some images cannot be decoded")
+                   help="finish (stats.h5, manifest.json) and exit 0 even if some images cannot be decoded or "
+                        "some archive members are unusable (all listed in rejects.tsv); a class left with no "
+                        "training image is an error all the same")
     p.add_argument("--seed", type=int, default=0, help="seed of the training-set order (default: %(default)s)")
     p.add_argument("--shard-size", type=int, default=SHARD_SIZE, metavar="N",
                    help="images per shard (default: %(default)s, about 201 MB)")
     p.add_argument("--config", metavar="FILE", help="config whose [data] section gives the defaults "
                    "(default: paper_configs/alexnet_2gpu.toml when present)")
     p.add_argument("--verify", metavar="DIR", help="re-read the shards in DIR, compare them with manifest.json "
-                   "and stats.h5, and report every mismatch")
+                   "and stats.h5 and check what the manifest promises (classes, splits, year, resize, training "
+                   "order), reporting every mismatch; the sources are checked too (size and SHA-256 of each "
+                   "archive against the manifest, read in full) only when --source DIR is given")
     p.add_argument("--quiet", action="store_true", help="no progress or summary lines")
     return p
 
@@ -509,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verify:
         from data_prep.verify import verify_main
-        return verify_main(Path(args.verify), args.workers, quiet=args.quiet)
+        return verify_main(Path(args.verify), args.workers, quiet=args.quiet,
+                           source=Path(args.source) if args.source else None)
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
     if args.limit_per_class < 0:

@@ -31,6 +31,8 @@ manifest.json holds (JSON):
     layout ("archives", "tree", "kaggle" or "hf-parquet"), shard_size, limit_per_class,
     train_order (how the seed is used)
     subset: null (all classes) or {"classes", "of", "selected_by", "wnids_sha256"} (data_prep/subsets.py)
+read_manifest checks this structure (check_manifest) for every reader: a damaged file is a
+ValueError naming the file and the key.
 
 stats.h5 holds: mean float64 [256, 256, 3]; covariance, eigenvectors float64 [3, 3]; eigenvalues
 float64 [3] (descending); attrs pixels, images (training images), scale = "0-255"; and
@@ -46,7 +48,9 @@ images give byte-identical files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,11 +167,14 @@ class ShardWriter:
         files.replace(self._tmp, self.path, self.durable)
 
     def abort(self) -> None:
-        """Drop the temporary file (nothing appears under the final name)."""
+        """Drop the temporary file (nothing appears under the final name). Closing may fail in
+        turn (on a full disk h5py's last flush does): that must not hide the first error."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(Exception):
+                self._file.close()
             self._file = None
-        self._tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._tmp.unlink(missing_ok=True)
 
     def _shrink(self) -> None:
         old_tmp, old = self._tmp, self._file
@@ -211,6 +218,25 @@ def map_images(meta: ShardMeta) -> np.ndarray:
         return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     return np.memmap(meta.path, dtype=np.uint8, mode="r", offset=meta.images_offset,
                      shape=(meta.count, IMAGE_SIZE, IMAGE_SIZE, 3))
+
+
+def read_images(meta: ShardMeta, start: int, stop: int) -> np.ndarray:
+    """Images [start, stop) of a shard, read with pread rather than mapped: a file cut short
+    (even while it is read) gives a ValueError here, where a memory map would kill the process
+    with SIGBUS."""
+    if meta.images_offset is None:
+        raise ValueError(f"{meta.path}: images are not stored contiguously")
+    per_image = IMAGE_SIZE * IMAGE_SIZE * 3
+    want = (stop - start) * per_image
+    fd = os.open(meta.path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, want, meta.images_offset + start * per_image)
+    finally:
+        os.close(fd)
+    if len(data) != want:
+        raise ValueError(f"{meta.path.name}: cut short (images {start}..{stop - 1} of {meta.count} "
+                         f"end {want - len(data)} bytes past the end of the file)")
+    return np.frombuffer(data, np.uint8).reshape(stop - start, IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def read_labels(path: str | Path) -> np.ndarray:
@@ -264,7 +290,81 @@ def write_manifest(root: str | Path, manifest: dict) -> None:
 
 
 def read_manifest(root: str | Path) -> dict:
+    """manifest.json, its structure checked (check_manifest): FileNotFoundError when there is
+    none, ValueError naming the file and the key when it is not valid JSON or lacks a key."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the directory holds no finished preparation")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not valid JSON ({' '.join(str(e).split())})") from None
+    check_manifest(manifest, path)
+    return manifest
+
+
+# key -> the type it must have; the keys every reader may rely on ...
+_MANIFEST_KEYS = {"schema_version": int, "year": int, "seed": int, "resize": str, "classes": list,
+                  "splits": dict, "sources": list, "rejects": dict}
+# ... and those prepare also writes, checked when present (small test sets leave them out)
+_MANIFEST_OPTIONAL = {"layout": str, "shard_size": int, "limit_per_class": int, "train_order": str,
+                      "patched": dict}
+_CLASS_KEYS = {"index": int, "wnid": str, "words": str, "ilsvrc_id": int}
+_SPLIT_KEYS = {"count": int, "per_class": list, "shards": list}
+_SHARD_KEYS = {"name": str, "count": int, "bytes": int, "sha256": str}
+_SOURCE_KEYS = {"name": str, "bytes": int, "sha256": str, "hash_of": str}
+_REJECT_KEYS = {"count": int, "file": str}
+
+
+def check_manifest(manifest, path: str | Path = MANIFEST) -> None:
+    """The one check of a manifest's structure (prepare --verify, and every reader): each key
+    readers use is there with its type, the class indices run 0..C-1, each split's per_class has
+    C entries and its shards are that split's. Raises ValueError naming the file and the key."""
+    def fail(key: str, problem: str):
+        raise ValueError(f"{path}: {key} {problem}; prepare the data again (or restore the file)")
+
+    def fields(obj, spec: dict, where: str, optional: dict | None = None) -> None:
+        if not isinstance(obj, dict):
+            fail(where or "the file", "is not a JSON object")
+        for key, kind in list(spec.items()) + list((optional or {}).items()):
+            name = f"{where}.{key}" if where else key
+            if key not in obj:
+                if optional is None or key in spec:
+                    fail(f"'{name}'", "is missing")
+                continue
+            value = obj[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                fail(f"'{name}'", f"is not {'an integer' if kind is int else 'a ' + _JSON_NAMES[kind]}")
+            if kind is int and value < 0 and key not in ("ilsvrc_id", "seed"):
+                fail(f"'{name}'", "is negative")
+
+    fields(manifest, _MANIFEST_KEYS, "", _MANIFEST_OPTIONAL)
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        fail("'schema_version'", f"is {manifest['schema_version']}, not this code's {SCHEMA_VERSION}")
+    classes = manifest["classes"]
+    if not classes:
+        fail("'classes'", "is empty")
+    for i, c in enumerate(classes):
+        fields(c, _CLASS_KEYS, f"classes[{i}]")
+        if c["index"] != i:
+            fail(f"'classes[{i}].index'", f"is {c['index']}, not {i}")
+    fields(manifest["rejects"], _REJECT_KEYS, "rejects")
+    for i, source in enumerate(manifest["sources"]):
+        fields(source, _SOURCE_KEYS, f"sources[{i}]")
+    if not manifest["splits"]:
+        fail("'splits'", "is empty")
+    for split, info in manifest["splits"].items():
+        if split not in SPLITS:
+            fail(f"'splits.{split}'", f"is not a split ({', '.join(SPLITS)})")
+        fields(info, _SPLIT_KEYS, f"splits.{split}")
+        per_class = info["per_class"]
+        if len(per_class) != len(classes) or not all(type(n) is int and n >= 0 for n in per_class):
+            fail(f"'splits.{split}.per_class'", f"is not {len(classes)} counts (one per class)")
+        for k, shard in enumerate(info["shards"]):
+            fields(shard, _SHARD_KEYS, f"splits.{split}.shards[{k}]")
+            m = _SHARD_RE.match(shard["name"])
+            if not m or m.group(1) != split:
+                fail(f"'splits.{split}.shards[{k}].name'", f"({shard['name']!r}) is not a {split} shard's name")
+
+
+_JSON_NAMES = {str: "string", list: "list", dict: "JSON object"}

@@ -19,6 +19,7 @@ extracted 2010 tree (otherwise the tree must already hold the patched images).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -140,6 +141,27 @@ def find_layout(root: Path, year: int) -> str:
                     f"download (ILSVRC/Data/CLS-LOC/ and LOC_*.csv) or Hugging Face's imagenet-1k (data/*.parquet)")
 
 
+def require_training_images(cat: Catalog) -> None:
+    """Every class has at least one training image, or a UserError names those without (and why,
+    from what their class archive or folder gave). Never accepted, not even with --allow-rejects:
+    a class the network never sees in training changes the task the paper's numbers are for."""
+    counts = np.bincount([it.label for it in cat.splits.get("train", [])], minlength=len(cat.classes))
+    empty = [c.wnid for c, n in zip(cat.classes, counts) if n == 0]
+    if not empty:
+        return
+    where = ARCHIVES[cat.year]["train"] if cat.layout == "archives" else "train/"
+    why = {}
+    for r in cat.rejects:
+        wnid = re.split(r"[/.]", r.name, maxsplit=1)[0] if r.split == "train" else None
+        if wnid in empty and wnid not in why:
+            why[wnid] = f"{r.name}: {r.reason}"
+    shown = ", ".join(f"{w} ({why.get(w, f'not in {where}')})" for w in empty[:3])
+    more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+    todo = f"download {where} again" if cat.layout == "archives" else f"check {cat.root / 'train'}"
+    raise UserError(f"{len(empty)} of {len(cat.classes)} classes have no training image: {shown}{more}; the "
+                    f"training data is incomplete or damaged: {todo}")
+
+
 def _limit(items: list[Item], n: int) -> list[Item]:
     taken: dict[int, int] = {}
     out = []
@@ -185,7 +207,7 @@ def _from_tree(root: Path, year: int, tick) -> Catalog:
         raise UserError(f"{root / 'train'} holds no class folders (train/<wnid>/*.JPEG)")
     cat = Catalog(year, "tree", root, classes, {}, sources=sources)
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
-    cat.splits["train"] = _index_class_folders(root / "train", "train", by_wnid, tick)
+    cat.splits["train"] = _index_class_folders(root / "train", "train", by_wnid, tick, cat.rejects)
     eval_splits = ("val", "test") if year == 2010 else ("val",)
     for split in eval_splits:
         folder = root / split
@@ -193,7 +215,7 @@ def _from_tree(root: Path, year: int, tick) -> Catalog:
             raise UserError(f"{root} has train/ but no {split}/ folder")
         cat.sources.append(folder)
         if any(p.is_dir() for p in folder.iterdir()):
-            items = _index_class_folders(folder, split, by_wnid)
+            items = _index_class_folders(folder, split, by_wnid, rejects=cat.rejects)
             cat.splits[split] = sorted(items, key=lambda it: (it.name, it.label))  # file order
             continue
         truth = None
@@ -234,18 +256,24 @@ def _read_words(root: Path) -> tuple[dict[str, str], Path | None]:
     return {}, None
 
 
-def _index_class_folders(folder: Path, split: str, by_wnid: dict, tick=lambda n: None) -> list[Item]:
+def _index_class_folders(folder: Path, split: str, by_wnid: dict, tick=lambda n: None,
+                         rejects: list[Reject] | None = None) -> list[Item]:
     items = []
     for d in sorted(folder.iterdir()):
         if d.name.startswith(".") or not d.is_dir():
             continue
         tick(1)
         if d.name not in by_wnid:
-            raise UserError(f"{d} is not a class: {d.name} is not among the {len(by_wnid)} classes")
+            raise UserError(f"{d} is not a class: {d.name!r} is not among the {len(by_wnid)} classes")
         label, cls = by_wnid[d.name]
         for p in sorted(d.rglob("*")):
             if p.is_file() and not p.name.startswith("."):
-                items.append(Item(p.relative_to(d).as_posix(), label, cls.ilsvrc_id, str(p), 0, p.stat().st_size))
+                name = p.relative_to(d).as_posix()
+                if not utf8(name):
+                    if rejects is not None:
+                        rejects.append(Reject(split, f"{d.name}/{name}", "file name is not valid UTF-8; not read"))
+                    continue
+                items.append(Item(name, label, cls.ilsvrc_id, str(p), 0, p.stat().st_size))
     items.sort(key=lambda it: (it.label, it.name))
     return items
 
@@ -256,6 +284,8 @@ def member_problem(m: tarfile.TarInfo) -> str | None:
     """Why a tar member is not used as an image ('directory' for plain directories), or None."""
     if m.isdir():
         return "directory"
+    if not utf8(m.name):
+        return "member name is not valid UTF-8; never read"
     unsafe = unsafe_name(m.name)
     if unsafe:
         return f"unsafe member name ({unsafe}); never read"
@@ -268,6 +298,16 @@ def member_problem(m: tarfile.TarInfo) -> str | None:
     if not m.isreg():
         return "not a regular file (device, fifo or other); never read"
     return None
+
+
+def utf8(name: str) -> bool:
+    """Whether a name read from an archive or a folder is text (tarfile and os hand over the
+    bytes of other names as surrogate escapes, which no UTF-8 file, shard or list can hold)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def unsafe_name(name: str) -> str | None:
@@ -392,6 +432,7 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
     else here, one after another."""
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
     tasks = []
+    first: dict[str, str] = {}  # wnid -> the member read for it
     with _open_tar(path) as outer:
         for m in _members(outer, path):
             if not _usable(m, "train", rejects, ""):
@@ -400,6 +441,11 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
             wnid = base[:-4] if base.endswith(".tar") else None
             if wnid not in by_wnid:
                 raise UserError(f"{path.name} holds {m.name!r}, which is not <wnid>.tar for a class of the devkit")
+            if wnid in first:  # its images would be counted twice
+                rejects.append(Reject("train", m.name, f"a second class archive for {wnid} (the first, "
+                                      f"{first[wnid]!r}, is read); not read"))
+                continue
+            first[wnid] = m.name
             label, cls = by_wnid[wnid]
             tasks.append(ClassArchive(str(path), m.name, m.offset_data, m.size, label, cls.ilsvrc_id))
     if run is None:
@@ -421,13 +467,20 @@ def index_class_archive(task: ClassArchive, report=None) -> tuple[list[Item], li
     """The images of one class archive, read through a window on the training archive, and the
     members that are not used (with the reason)."""
     items, rejects = [], []
+    names = set()
     with open(task.path, "rb") as f:
         try:
             with tarfile.open(fileobj=_Window(f.fileno(), task.offset, task.size), mode="r:") as inner:
                 for im in inner:
-                    if _usable(im, "train", rejects, f"{task.name}/", end=task.size):
-                        items.append(Item(im.name, task.label, task.ilsvrc_id, task.path,
-                                          task.offset + im.offset_data, im.size))
+                    if not _usable(im, "train", rejects, f"{task.name}/", end=task.size):
+                        continue
+                    if im.name in names:
+                        rejects.append(Reject("train", f"{task.name}/{im.name}", "a second file with this name in "
+                                              "its class archive; not read"))
+                        continue
+                    names.add(im.name)
+                    items.append(Item(im.name, task.label, task.ilsvrc_id, task.path,
+                                      task.offset + im.offset_data, im.size))
                 stop = inner.offset  # where tarfile stopped: at the end, or silently at a damaged header
             if stop < task.size and not _zeros(f.fileno(), task.offset + stop, task.offset + task.size):
                 rejects.append(Reject("train", task.name, f"class archive unreadable after byte {stop} (a damaged "
@@ -435,6 +488,8 @@ def index_class_archive(task: ClassArchive, report=None) -> tuple[list[Item], li
         except tarfile.TarError as e:
             if not (rejects and rejects[-1].reason.startswith("cut short")):  # (that one says why nothing follows)
                 rejects.append(Reject("train", task.name, f"class archive unreadable from here on: {e}"))
+    if not items and not rejects:  # all zeros, or a tar with nothing in it
+        rejects.append(Reject("train", task.name, "class archive holds no image"))
     return items, rejects
 
 
@@ -472,16 +527,20 @@ def index_eval_archive(path: Path, split: str, year: int, truth: list[int], devk
     """A flat archive of ILSVRC<year>_<split>_%08d.JPEG (possibly under a folder)."""
     entries = []
     spath = str(path)
+    first_reject = len(rejects)
     with _open_tar(path) as tar:
         for m in _members(tar, path):
             if _usable(m, split, rejects, ""):
                 entries.append((m.name.rsplit("/", 1)[-1], spath, m.offset_data, m.size))
-    return _label_eval(entries, split, year, truth, devkit, path.name, rejects)
+    return _label_eval(entries, split, year, truth, devkit, path.name, rejects, first_reject)
 
 
 def _label_eval(entries, split: str, year: int, truth: list[int], devkit: Devkit | None, where: str,
-                rejects: list[Reject]) -> list[Item]:
-    """Label flat validation/test files from the ground truth (line k <-> file number k)."""
+                rejects: list[Reject], first_reject: int | None = None) -> list[Item]:
+    """Label flat validation/test files from the ground truth (line k <-> file number k).
+    rejects[first_reject:] are the members of this archive or folder refused before (named when
+    the count is wrong); by default those refused here."""
+    first_reject = len(rejects) if first_reject is None else first_reject
     pattern = re.compile(rf"^ILSVRC{year}_{split}_(\d{{8}})\.JPEG$")
     classes = devkit.classes()
     index = {c.ilsvrc_id: (i, c) for i, c in enumerate(classes)}
@@ -497,8 +556,13 @@ def _label_eval(entries, split: str, year: int, truth: list[int], devkit: Devkit
             continue
         numbered[number] = (name, path, offset, size)
     if len(numbered) != len(truth):
+        refused = [r for r in rejects[first_reject:] if r.split == split]
+        named = "; ".join(f"{r.name!r} ({r.reason})" for r in refused[:3])
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
         raise UserError(f"the devkit's {split} ground truth lists {len(truth)} labels but {where} holds "
-                        f"{len(numbered)} {split} images")
+                        f"{len(numbered)} {split} images"
+                        + (f"; {len(refused)} member(s) were not usable: {named}{more}" if refused else "")
+                        + f": is it the ILSVRC-{year} {split} archive, complete?")
     items = []
     for number in sorted(numbered):
         name, path, offset, size = numbered[number]
@@ -575,3 +639,12 @@ def listing_lines(folder: Path) -> list[str]:
             p = Path(dirpath) / f
             lines.append(f"{p.relative_to(folder).as_posix()}\t{p.stat().st_size}")
     return sorted(lines)
+
+
+def listing_sha256(folder: Path) -> tuple[int, str]:
+    """(total bytes, SHA-256 of the listing_lines) of a folder: what the manifest records of it.
+    Names that are not UTF-8 enter as their own bytes."""
+    lines = listing_lines(folder)
+    size = sum(int(line.rsplit("\t", 1)[1]) for line in lines)
+    text = "".join(line + "\n" for line in lines)
+    return size, hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()

@@ -8,14 +8,27 @@ the mean image and the covariance are computed from (data_prep.stats). The paren
 touches pixels, so nothing large crosses a process boundary; it flushes each finished shard to
 the disk (fsync) before recording it in the journal, so that no worker waits for the disk.
 
+What a finished shard was built from is recorded with it, so that a later run keeps it only if
+it would read the same bytes again (not merely the same names and byte ranges):
+- `inputs_sha256`, the SHA-256 of every image's bytes as read, in the shard's order (computed
+  while building, at no extra read);
+- `stamp`, a digest of the identity (repro.files.identity: size, mtime, ctime, inode, device) of
+  each source file the images came from, taken before they were read.
+A later run keeps the shard when its file still has the recorded hash and either the stamp is
+unchanged (the same files, untouched: nothing to read) or, when any source file was touched,
+copied or downloaded again, the bytes read now hash to `inputs_sha256`; else it rebuilds it.
+
 `parallel_map` runs tasks on a pool (or in this process when workers <= 1) and relays progress.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import multiprocessing as mp
 import os
 import queue
 import signal
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +39,7 @@ from data_prep import images, shards
 from data_prep.sources import Item
 from data_prep.stats import Moments
 from repro import files
+from repro.errors import UserError
 
 CHUNK = 32  # images decoded between two writes (and two progress reports)
 
@@ -63,38 +77,115 @@ class ShardResult:
     rejects: list[tuple[str, str]]  # (file name, reason)
     moments: Moments | None = None  # training shards only
     kept: bool = False  # finished in an earlier run, checked and kept
+    stamp: str = ""  # identity of the source files, when the images were read (source_stamp)
+    inputs_sha256: str = ""  # of the images' bytes as read (InputsHash)
 
     def journal_entry(self) -> dict:
         return {"name": self.name, "digest": self.digest, "count": self.count, "bytes": self.bytes,
-                "sha256": self.sha256, "rejects": [list(r) for r in self.rejects]}
+                "sha256": self.sha256, "rejects": [list(r) for r in self.rejects], "stamp": self.stamp,
+                "inputs_sha256": self.inputs_sha256}
+
+
+# ------------------------------------------------------------------- what a shard is made of
+
+def source_stamp(items: list[Item], cache: dict | None = None) -> str:
+    """A digest of the identity of every file the items' bytes lie in (an archive or two, or one
+    file per image in a tree); `cache` (path -> identity) saves stat calls across shards. Paths
+    are not part of it (the device and inode name the file), so the same source named by a
+    relative or an absolute path, or through a link, has the same stamp."""
+    h = hashlib.sha256()
+    for path in sorted({it.path for it in items}):
+        ident = cache.get(path) if cache is not None else None
+        if ident is None:
+            try:
+                ident = files.identity(path)
+            except OSError as e:
+                ident = f"unreadable: {e.strerror}"
+            if cache is not None:
+                cache[path] = ident
+        h.update(f"{ident}\n".encode())
+    return h.hexdigest()
+
+
+class InputsHash:
+    """SHA-256 of a shard's inputs: each image's bytes as read (or why they could not be), in
+    the shard's order, each preceded by its length."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+
+    def add(self, blob) -> None:
+        if isinstance(blob, images.BadImage):
+            self._h.update(b"unreadable:" + str(blob).encode("utf-8", "surrogateescape") + b"\0")
+        else:
+            self._h.update(len(blob).to_bytes(8, "little"))
+            self._h.update(blob)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def inputs_sha256(items: list[Item]) -> str:
+    """What InputsHash gives when the shard is built now: its images' bytes read again."""
+    h = InputsHash()
+    with _Reader() as reader:
+        for start in range(0, len(items), CHUNK):
+            for blob in reader.read_all(items[start:start + CHUNK]):
+                h.add(blob)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- one shard
 
 def run_shard(task: ShardTask, report=None) -> ShardResult:
-    """Keep the shard if an earlier run finished it (same plan, same hash), else (re)build it."""
-    if task.expect and task.expect.get("digest") == task.digest and task.path.is_file():
-        kept = _check_finished(task)
-        if kept is not None:
-            if report:
-                report(len(task.items))
-            return kept
-    return build_shard(task, report)
+    """Keep the shard if an earlier run finished it from the same bytes (same plan, same hash,
+    same inputs: see the module docstring), else (re)build it."""
+    try:
+        if task.expect and task.expect.get("digest") == task.digest and task.path.is_file():
+            kept = _check_finished(task)
+            if kept is not None:
+                if report:
+                    report(len(task.items))
+                return kept
+        return build_shard(task, report)
+    except OSError as e:
+        if disk_full(e):  # one plain ENOSPC for the parent, whatever error followed it here
+            raise OSError(errno.ENOSPC, f"No space left on device (writing {task.name})") from None
+        raise
 
 
 def _check_finished(task: ShardTask) -> ShardResult | None:
+    expect = task.expect
     try:
+        stamp = source_stamp(task.items)  # before anything is read
         sha = files.sha256(task.path)
-        if sha != task.expect.get("sha256"):
+        if sha != expect.get("sha256") or not expect.get("inputs_sha256"):
             return None
+        if stamp != expect.get("stamp") and inputs_sha256(task.items) != expect["inputs_sha256"]:
+            return None  # a source file changed where this shard's images lie
         summary = summarize_shard(task.path, len(task.class_wnids), moments=task.split == "train")
     except (OSError, ValueError, KeyError):
         return None
-    if summary["count"] != task.expect.get("count"):
+    if summary["count"] != expect.get("count"):
         return None
     return ShardResult(task.name, task.split, task.index, task.digest, summary["count"],
                        task.path.stat().st_size, sha, summary["per_class"],
-                       [tuple(r) for r in task.expect.get("rejects", [])], summary["moments"], kept=True)
+                       [tuple(r) for r in expect.get("rejects", [])], summary["moments"], kept=True,
+                       stamp=stamp, inputs_sha256=expect["inputs_sha256"])
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether an error, or one it was raised while handling, is a full disk or quota (errno, or
+    h5py's text), so that a later error (e.g. a failed close) does not hide it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(e) for text in ("No space left on device", "errno = 28", "Disk quota exceeded")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def build_shard(task: ShardTask, report=None) -> ShardResult:
@@ -103,6 +194,7 @@ def build_shard(task: ShardTask, report=None) -> ShardResult:
     moments = Moments() if task.split == "train" else None
     rejects: list[tuple[str, str]] = []
     buf = np.empty((CHUNK, shards.IMAGE_SIZE, shards.IMAGE_SIZE, 3), np.uint8)
+    stamp, inputs = source_stamp(task.items), InputsHash()  # the stamp before any byte is read
     with _Reader() as reader, shards.ShardWriter(task.path, len(task.items), task.class_wnids, task.class_words,
                                                  task.split, task.index, durable=False) as writer:
         for start in range(0, len(task.items), CHUNK):
@@ -110,6 +202,7 @@ def build_shard(task: ShardTask, report=None) -> ShardResult:
             blobs = reader.read_all(chunk)
             good: list[Item] = []
             for it, blob in zip(chunk, blobs):
+                inputs.add(blob)
                 try:
                     if isinstance(blob, images.BadImage):
                         raise blob
@@ -128,7 +221,8 @@ def build_shard(task: ShardTask, report=None) -> ShardResult:
                 report(len(chunk))
         count = writer.count
     return ShardResult(task.name, task.split, task.index, task.digest, count, task.path.stat().st_size,
-                       files.sha256(task.path), per_class.tolist(), rejects, moments)
+                       files.sha256(task.path), per_class.tolist(), rejects, moments, stamp=stamp,
+                       inputs_sha256=inputs.hexdigest())
 
 
 def summarize_shard(path: Path, n_classes: int, moments: bool) -> dict:
@@ -177,7 +271,10 @@ class _Reader:
                 fd = self._fds[item.path] = os.open(item.path, os.O_RDONLY)
             except OSError as e:
                 raise images.BadImage(f"cannot open {item.path}: {e.strerror}") from None
-        data = os.pread(fd, item.size, item.offset)
+        try:
+            data = os.pread(fd, item.size, item.offset)
+        except OSError as e:  # e.g. a bad sector: this image is lost, not the run
+            raise images.BadImage(f"read error: {e.strerror}") from None
         if len(data) != item.size:
             raise images.BadImage(f"short read: {len(data)} of {item.size} bytes (file changed or cut short?)")
         return data
@@ -186,17 +283,26 @@ class _Reader:
 # ------------------------------------------------------------------------- running tasks
 
 _progress_queue = None
+_started = None  # shared array: task index -> pid of the worker that took it (written at once, no queue)
 
 
-def _init_worker(q) -> None:
-    global _progress_queue
-    _progress_queue = q
+def _init_worker(q, started) -> None:
+    global _progress_queue, _started
+    _progress_queue, _started = q, started
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
 
 
-def _call(fn, task):
+class WorkerDied(UserError):
+    """A worker process ended without finishing its task (killed: by the kernel's out-of-memory
+    killer, a signal, or a crash in a decoder). multiprocessing.Pool would wait for that task for
+    ever; parallel_map notices and raises this instead, one line for the user."""
+
+
+def _call(fn, task, i: int):
     """fn(task, report) in a worker; returns its result and the progress it reported in all, so
-    that the parent knows how much is still on its way (the queue's thread sends it later)."""
+    that the parent knows how much is still on its way (the queue's thread sends it later).
+    First it says which process runs task i, so that the parent can name it if the process dies."""
+    _started[i] = os.getpid()
     sent = 0
 
     def report(n: int) -> None:
@@ -225,18 +331,21 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
         return results
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     q = ctx.Queue()
-    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(q,)) as pool:
+    started = ctx.Array("q", len(tasks), lock=False)
+    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(q, started)) as pool:
         if before_start:
             before_start()
 
         def finished(i, _) -> None:  # in the pool's result thread: tell the loop below which task ended
             q.put(("done", i))
 
-        pending = {i: pool.apply_async(_call, (fn, task), callback=partial(finished, i),
+        pending = {i: pool.apply_async(_call, (fn, task, i), callback=partial(finished, i),
                                        error_callback=partial(finished, i))
                    for i, task in enumerate(tasks)}
+        alive = _Watch(pool, tasks, started)
         sent = received = 0
         while pending or received < sent:  # until every result and every progress report is in
+            alive.check(pending)
             try:
                 message = q.get(timeout=1.0)  # a worker's progress count, or ("done", task index)
             except queue.Empty:
@@ -254,3 +363,34 @@ def parallel_map(fn, tasks: list, workers: int, progress=None, on_result=None, b
                 update(message)
     return results
 
+
+class _Watch:
+    """Notices a pool worker that died (Pool starts another in its place and forgets the task):
+    the processes the pool started with are checked about once a second."""
+
+    def __init__(self, pool, tasks: list, started):
+        self.pool, self.tasks = pool, tasks
+        self.pids = self._pids()
+        self.started = started  # task index -> pid of the process that took it (0: not yet)
+        self.last = time.monotonic()
+
+    def _pids(self) -> set[int]:
+        return {p.pid for p in getattr(self.pool, "_pool", ())}  # (a private list: no check without it)
+
+    def check(self, pending: dict) -> None:
+        if time.monotonic() - self.last < 1.0:
+            return
+        self.last = time.monotonic()
+        gone = self.pids - self._pids()
+        gone |= {p.pid for p in getattr(self.pool, "_pool", ()) if p.exitcode is not None}
+        if not gone:
+            return
+        lost = [i for i in sorted(pending) if self.started[i] in gone]
+        names = ", ".join(_task_name(self.tasks[i], i) for i in lost[:3]) or "a task"
+        raise WorkerDied(f"a worker process died while working on {names} (killed by the system: out of "
+                         f"memory? or a crash in a decoder); what was finished is kept: run the same command "
+                         f"again, with fewer --workers if memory is short")
+
+
+def _task_name(task, i: int) -> str:
+    return str(getattr(task, "name", None) or getattr(task, "path", None) or f"task {i}")

@@ -106,20 +106,13 @@ def read_manifest(root: str | Path) -> dict:
         raise DataError(f"no prepared data at {root}: run './run.sh prepare' "
                         "(or './run.sh demo' for a small generated dataset)")
     try:
-        manifest = shards.read_manifest(root)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-            raise ValueError("no table of splits")
-        classes = manifest.get("classes")
-        if not isinstance(classes, list) or not classes or not all(
-                isinstance(c, dict) and {"index", "wnid", "words"} <= c.keys() for c in classes):
-            raise ValueError("no list of classes with index, wnid and words")
-        return manifest
+        return shards.read_manifest(root)  # which checks the structure (shards.check_manifest)
     except FileNotFoundError:
         raise DataError(f"{root} holds no finished preparation ({shards.MANIFEST} missing): "
                         "run './run.sh prepare' (again, if it was interrupted)") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{root / shards.MANIFEST} is damaged ({type(e).__name__}: {e}): "
-                        "run './run.sh prepare' again") from None
+    except ValueError as e:  # names the file and what is wrong with it
+        hint = "" if "prepare" in str(e) else "; prepare the data again (or restore the file)"
+        raise DataError(f"{e}{hint}") from None
 
 
 def open_split(root: str | Path, split: str) -> Split:

@@ -56,6 +56,17 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     return path
 
 
+def identity(path: str | Path) -> list[int]:
+    """What changes whenever a file's content may have: [size, mtime_ns, ctime_ns, inode, device].
+
+    A write, a truncation, a copy or a download over the file, or a new file under its name,
+    changes the ctime or the inode; unlike the mtime, the ctime cannot be set back by a user (only
+    by setting the system clock back). Equal identities mean the same bytes (up to the file
+    system's timestamp granularity); unequal ones say nothing: check the content then."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file, read into one reused buffer (no new memory to fault in per block)."""
     h = hashlib.sha256()
