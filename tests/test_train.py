@@ -163,7 +163,7 @@ def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path, one_process
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = checkpoint.latest(run)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["state.pt", "tower0.pt", "tower1.pt"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [checkpoint.DIGESTS, "state.pt", "tower0.pt", "tower1.pt"]
     assert checkpoint.read_state(ckpt)["step"] == 3 and str(ckpt) in r.stdout
     assert json.loads((run / rundir.PROVENANCE).read_text())["world_size"] == 2
     assert_same_weights(weights(run), one_process)
