@@ -149,10 +149,10 @@ def test_json_is_strict_even_with_nan():
 
 def test_default_out_is_the_sanitised_device_name():
     cuda = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
-    assert str(gpu_check.default_out(cuda, quick=False)) == "results/gpu/NVIDIA-H100-80GB-HBM3.json"
-    assert str(gpu_check.default_out(cuda, quick=True)) == "results/gpu/NVIDIA-H100-80GB-HBM3.quick.json"
+    assert gpu_check.default_out(cuda, quick=False).parts == ("results", "gpu", "NVIDIA-H100-80GB-HBM3.json")
+    assert gpu_check.default_out(cuda, quick=True).name == "NVIDIA-H100-80GB-HBM3.quick.json"
     cpu = {"type": "cpu", "name": "AMD EPYC 7B13 64-Core Processor (x/y)"}
-    assert str(gpu_check.default_out(cpu, False)) == "results/gpu/cpu-AMD-EPYC-7B13-64-Core-Processor-x-y.json"
+    assert gpu_check.default_out(cpu, False).name == "cpu-AMD-EPYC-7B13-64-Core-Processor-x-y.json"
 
 
 # ------------------------------------------------------------------------------ 90 epochs
