@@ -249,3 +249,44 @@ def test_gpu_quick_mode_proves_the_cuda_paths(tmp_path):
     assert not bad, [(r["name"], r["note"]) for r in result["rows"] if r["name"] in bad]
     rows = {r["name"]: r for r in result["rows"]}
     assert rows["step_default"]["status"] == "ok" and rows["memory_fp32"]["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------ its data and baseline
+
+def test_random_shards_are_read_by_the_loader(tmp_path):
+    """data_prep/synthetic.py: shards the readers accept, labels over every class, stats on 0-255."""
+    from data_prep import shards, synthetic
+    from repro import data
+    from repro.config import Config
+
+    root = synthetic.random_shards(tmp_path / "s", images=10, classes=3, shard_size=4)
+    assert [p.name for p in shards.list_shards(root, "train")] == ["train-00000.h5", "train-00001.h5", "train-00002.h5"]
+    split = data.open_split(root, "train")
+    assert len(split) == 10 and split.counts.tolist() == [4, 4, 2]
+    stats = shards.read_stats(root)
+    assert stats.mean.shape == (256, 256, 3) and 100 < stats.mean.mean() < 155
+    assert (stats.eigenvalues[:-1] >= stats.eigenvalues[1:]).all() and stats.eigenvalues[-1] > 0
+    cfg = Config()
+    cfg.data.batch_size, cfg.data.workers = 4, 0
+    batches = list(data.train_batches(root, cfg, epoch=0))
+    assert [len(b) for b in batches] == [4, 4, 2] and all(b.images.shape[1:] == (224, 224, 3) for b in batches)
+    assert set(torch.cat([b.labels for b in batches]).tolist()) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="two classes"):
+        synthetic.random_shards(tmp_path / "t", images=4, classes=1)
+
+
+def test_naive_baseline_follows_the_config_widths():
+    """repro/baseline.py: the dense net at the reduced widths (the CPU mode's) and the paper's."""
+    from repro.baseline import naive_alexnet
+
+    cfg = gpu_check.Context(gpu_check.REDUCED, torch.device("cpu"), None).config()
+    net = naive_alexnet(cfg.model)
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 48, 48, 32] and convs[1].in_channels == 16
+    assert net[-1].out_features == 10
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 224, 224)).shape == (2, 10)
+    dense = sum(p.numel() for p in naive_alexnet().parameters())
+    layers = [(3 * 11 * 11, 96), (96 * 25, 256), (256 * 9, 384), (384 * 9, 384), (384 * 9, 256),
+              (9216, 4096), (4096, 4096), (4096, 1000)]  # (inputs per output, outputs), all maps read
+    assert dense == sum((n + 1) * out for n, out in layers)
