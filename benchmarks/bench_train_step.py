@@ -8,10 +8,10 @@ as this project's trainer runs it on one device, against a naive faithful baseli
   paper_configs/demo.toml): the grouped emulation of both towers, channels-last, fast LRN,
   space-to-depth conv1 gradient, fc layers through oneDNN; fed the loader's channels-last
   batch; PaperSGD;
-- baseline: a plain dense single-tower AlexNet, the usual way to write it: nn.Sequential, 96-256-
-  384-384-256 maps (conv2, conv4, conv5 read all maps, so 1.57x the multiply-adds of the two-
-  tower net), torch.nn.LocalResponseNorm, fc 4096-4096-1000, contiguous NCHW input, the same
-  initialisation and update;
+- baseline: a plain dense single-tower AlexNet, the usual way to write it (repro/baseline.py):
+  nn.Sequential, 96-256-384-384-256 maps (conv2, conv4, conv5 read all maps, so 1.57x the
+  multiply-adds of the two-tower net), torch.nn.LocalResponseNorm, fc 4096-4096-1000, contiguous
+  NCHW input, the same initialisation and update;
 - plain: the project's own two-tower model with every speed switch off (towers apart, NCHW, the
   plain LRN, conv1 and fc), i.e. the same arithmetic as the project, so the ratio is the speed
   work alone;
@@ -39,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from repro import estimate  # noqa: E402
+from repro.baseline import naive_alexnet  # noqa: E402
 from repro.bench import interleaved_medians  # noqa: E402
 from repro.config import Config, SpeedConfig  # noqa: E402
 from repro.fast.memory import keep_freed_memory  # noqa: E402
@@ -47,28 +48,6 @@ from repro.parallel import OneDevice  # noqa: E402
 from repro.train import build_model  # noqa: E402
 
 CLASSES = 1000
-
-
-def naive_alexnet() -> nn.Sequential:
-    """Dense single-tower AlexNet with torch's LRN (alpha 1e-4 / 5: code 145's), the paper's order
-    (ReLU, LRN, pool), conv1 padded by 2 (224 -> 55), dropout after fc6 and fc7."""
-    lrn = lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)  # noqa: E731
-    net = nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4, padding=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
-        nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, CLASSES))
-    gen = torch.Generator().manual_seed(0)
-    weighted = [mod for mod in net if isinstance(mod, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():  # section 5: N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7
-        for mod, bias in zip(weighted, (0, 1, 0, 1, 1, 1, 1, 0)):
-            mod.weight.normal_(0, 0.01, generator=gen)
-            mod.bias.fill_(bias)
-    return net
 
 
 def plain_config() -> Config:

@@ -204,7 +204,9 @@ class Normalizer:
         mirrored), or the centre crop [crop, crop, 3] (broadcast) when the config says "centre"."""
         if self.mean_mode == "centre":
             return self.mean_centre
-        top, left, mirrored = offsets.to(self.device).unbind(1)
+        # non_blocking: a blocking copy would wait for every kernel queued before it (a host sync
+        # per step); the offsets come pinned from the loader, so the copy queues like the images'.
+        top, left, mirrored = offsets.to(self.device, non_blocking=True).unbind(1)
         # The mirror of the crop at `left` is the crop of the mirrored mean at width - crop - left.
         left = torch.where(mirrored.bool(), self.mean.shape[1] - self.crop - left, left)
         return self.mean_windows[mirrored, top, left]  # [N, crop, crop, 3]

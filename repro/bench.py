@@ -1,6 +1,8 @@
 """`./run.sh bench [NAME ...] [--json] [--quick] [--model]`: the project's benchmarks as one table.
 
 `--model` prints instead the GPU throughput ESTIMATE of repro.estimate (arithmetic, not timed).
+`--gpu` runs instead the GPU check of repro/gpu_check.py: the CUDA paths against references,
+and the training speed on the GPU, into results/gpu/<gpu-name>.json (a reduced mode on a CPU).
 
 Each benchmark is a script `benchmarks/bench_<name>.py` at the root of the checkout, runnable on
 its own (`python benchmarks/bench_lrn.py`) and exposing `run(quick: bool = False) -> list[dict]`.
@@ -117,22 +119,80 @@ def throughput_model(as_json: bool) -> str:
     return estimate.report()
 
 
+GPU_HELP = """\
+--gpu: one prepared check of the CUDA paths and of training speed on a GPU (repro/gpu_check.py).
+It makes its own data (random-pixel shards in a temporary directory) and needs nothing from
+outside the machine; about 5 minutes on one H100-class GPU (--quick: about 1.5), and on a
+machine without CUDA a reduced mode of seconds (a narrow model, batch 4: every row is produced,
+the CUDA-only ones marked "no CUDA" or computed on the CPU as a stand-in). It writes
+results/gpu/<gpu-name>.json (--out to choose; rewritten after every step, so an interrupted
+run keeps what it measured) and prints one table:
+
+  checks (largest error found, and a tolerance whose reason the code states):
+    the fast LRN and same-map norm, forward and backward, against the float64 formula;
+    the trainer's model on the GPU against the plain model on the CPU (float64 logits, loss and
+    gradients; float32 logits and loss with TF32 off and with torch's defaults); the grouped
+    emulation against two towers; TwoDevices on one GPU and on two; Distributed over NCCL (two
+    GPUs); the Normalizer and the test views on the GPU against the CPU (bit-identity);
+    bf16 autocast and TF32 losses over a few training steps against float32
+  speed (each a ratio measured in the same run, timings interleaved, batch 128):
+    matmul rates (fp32, TF32, bf16); the training step of the paper config and of each speed
+    switch alone and combined (channels-last, TF32, bf16, torch.compile, cudnn.benchmark)
+    against a naive dense AlexNet with torch's LRN; the LRN kernels; the trainer's step with
+    its per-step host reads; the whole pipeline (shards -> loader workers -> Normalizer ->
+    train_step) and its share of time waiting for data; peak memory per tower; the GPU's busy
+    share and top kernels (torch.profiler); model FLOP/s against the matmul rates; hours for
+    90 epochs of ILSVRC-2012 beside --model's estimate for the same GPU.
+A failing step is a row saying why (out of memory, a compile error, no NCCL), never the end of
+the run; speed rows left when the time budget (--budget) is spent are skipped with a note.
+Exit status 1 if any check failed or any step broke.
+"""
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = ArgumentParser(
         prog="./run.sh bench",
-        description="Run the project's benchmarks (benchmarks/bench_<name>.py) and print one "
-                    "table: each row is this project against a baseline measured in the same run.")
+        description="Run the project's benchmarks (benchmarks/bench_<name>.py) and print one table:\n"
+                    "each row is this project against a baseline measured in the same run.",
+        epilog=GPU_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and cases (a smoke run)")
     p.add_argument("--model", action="store_true",
                    help="print the GPU throughput ESTIMATE (img/s, 90-epoch time) instead of benchmarking")
+    g = p.add_argument_group("the GPU check (see below)")
+    g.add_argument("--gpu", action="store_true",
+                   help="run the GPU check instead of the benchmarks (a reduced mode without CUDA)")
+    g.add_argument("--out", metavar="FILE", help="where the GPU check writes its JSON "
+                   "(default results/gpu/<gpu-name>.json; <gpu-name>.quick.json with --quick)")
+    g.add_argument("--profile", action="store_true",
+                   help="also write Chrome traces of one training step (torch.profiler) beside the JSON; "
+                        "the top kernels are in the JSON either way")
+    g.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="skip the remaining speed rows after this long (default 270; --quick 80)")
+    g.add_argument("--tmp", metavar="DIR", help="where the generated shards go (default: the system's "
+                   "temporary directory; a local disk)")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: the GPU if torch sees one; cpu: the reduced mode even where a GPU is present")
     return p.parse_args(argv)
+
+
+GPU_ONLY = ("out", "profile", "budget", "tmp")
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.gpu:
+        if args.names or args.model:
+            raise UserError("--gpu runs the GPU check on its own: drop " + ("--model" if args.model else "NAME"))
+        if args.budget is not None and args.budget <= 0:
+            raise UserError(f"--budget {args.budget:g}: give a positive number of seconds")
+        from repro import gpu_check
+        return gpu_check.main(args)
+    given = [f"--{k}" for k in GPU_ONLY if getattr(args, k) not in (None, False)]
+    if given or args.device != "auto":
+        raise UserError(f"{(given or ['--device'])[0]} belongs to the GPU check: add --gpu")
     if args.model:
         print(throughput_model(args.json))
         return 0

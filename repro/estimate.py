@@ -150,6 +150,12 @@ GTX580 = Device("GTX 580 (2012)", 1.581e12, 192.4e9, {"conv": 0.5, "fc": 0.6, "m
                 "512 cores x 1544 MHz x 2; 192.4 GB/s GDDR5")
 A100 = Device("A100 SXM", 19.5e12, 1555e9, {"conv": 0.6, "fc": 0.7, "memory": 0.7},
               "fp32 (non-tensor-core) 19.5 TFLOP/s; HBM2 1555 GB/s")
+H100 = Device("H100 SXM", 67e12, 3350e9, {"conv": 0.6, "fc": 0.7, "memory": 0.7},
+              "fp32 (non-tensor-core) 67 TFLOP/s; HBM3 3350 GB/s")
+H100_PCIE = Device("H100 PCIe", 51e12, 2000e9, {"conv": 0.6, "fc": 0.7, "memory": 0.7},
+                   "fp32 (non-tensor-core) 51 TFLOP/s; HBM2e 2000 GB/s")
+H200 = Device("H200 SXM", 67e12, 4800e9, {"conv": 0.6, "fc": 0.7, "memory": 0.7},
+              "fp32 (non-tensor-core) 67 TFLOP/s; HBM3e 4800 GB/s")
 PCIE2 = Link("PCIe 2.0 x16", 6e9, "8 GB/s each way on paper, about 6 achieved")
 NVLINK3 = Link("NVLink 3", 250e9, "A100: 300 GB/s each way on paper, 250 assumed achieved")
 
@@ -173,7 +179,21 @@ SETUPS = [
     Setup("1 x A100, both towers (grouped)", A100, 1),
     Setup("2 x A100, one tower each", A100, 2, link=NVLINK3),
     Setup("8 x A100: 4 pairs, data parallel", A100, 2, replicas=4, link=NVLINK3, dp_link=NVLINK3),
+    Setup("1 x H100 SXM, both towers (grouped)", H100, 1),
+    Setup("1 x H200, both towers (grouped)", H200, 1),
 ]
+
+
+def one_gpu_setup(gpu_name: str) -> Setup | None:
+    """The one-GPU setup (both towers, grouped) for a CUDA device name such as torch reports it
+    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA A100-SXM4-80GB"), or
+    None for a GPU this module has no figures for. The GPU check (repro/gpu_check.py) sets its
+    measured time beside this estimate."""
+    name = gpu_name.upper()
+    for key, device in (("H200", H200), ("H100", H100_PCIE if "PCIE" in name else H100), ("A100", A100)):
+        if key in name:
+            return Setup(f"1 x {device.name}, both towers (grouped)", device, 1)
+    return None
 
 
 def step_seconds(setup: Setup, m: ModelConfig, batch: int = BATCH) -> dict[str, float]:
@@ -217,7 +237,7 @@ def report(m: ModelConfig | None = None) -> str:
               f"  memory-bound traffic: {activation_bytes(m) / 1e6:.1f} MB per image (ReLU, LRN, pool, "
               f"dropout), update {update_bytes(m) / 1e6:.0f} MB per step", "",
               "Assumptions:"]
-    for d in (GTX580, A100):
+    for d in {setup.device.name: setup.device for setup in SETUPS}.values():
         lines.append(f"  {d.name}: {d.fp32 / 1e12:.2f} TFLOP/s fp32, {d.memory / 1e9:.0f} GB/s ({d.source}); "
                      f"assumed utilisation conv {d.util['conv']:.0%}, fc {d.util['fc']:.0%}, "
                      f"memory {d.util['memory']:.0%}")

@@ -88,17 +88,24 @@ def _same_map_norm_plain(x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- public
 
+def _compiling() -> bool:
+    """True while torch.compile traces the model (then the plain formula is traced and fused)."""
+    return torch.compiler.is_compiling()
+
+
 def lrn(x: torch.Tensor, flavour: str, fast: bool = True, groups: int = 1) -> torch.Tensor:
     """Cross-map LRN (section 3.3) of x: [B, C, ...], the window running along dim 1.
 
     `groups` > 1: the C maps are that many towers' maps side by side (the grouped emulation);
     the window stays inside each group. fast=True: repro/fast/lrn.py's kernel (the same
-    function, within float32 rounding), which keeps x's memory layout (channels-last stays so).
+    function, within float32 rounding), which keeps x's memory layout (channels-last stays so);
+    under torch.compile (speed.compile) the plain formula instead, which the compiler fuses
+    (the kernel's worker threads and out= passes cannot be traced: each would break the graph).
     """
     b, c = x.shape[:2]
     if groups > 1 and c % groups:
         raise ValueError(f"{c} maps do not split into {groups} groups")
-    if fast:
+    if fast and not _compiling():
         return fast_lrn.cross_map(x, K, ALPHA_PER_TERM[flavour], groups)
     parts = x.reshape(b * groups, c // groups, *x.shape[2:])
     return _lrn_plain(parts, flavour).reshape(x.shape)
@@ -109,7 +116,7 @@ def same_map_norm(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     patch of itself. x: [B, C, H, W] (NCHW or channels-last; the result has x's layout)."""
     if x.dim() != 4:
         raise ValueError(f"same_map_norm expects [B, C, H, W], got shape {tuple(x.shape)}")
-    if fast:
+    if fast and not _compiling():
         return fast_lrn.same_map(x, RNORM_K, RNORM_SCALE)
     return _same_map_norm_plain(x)
 

@@ -63,6 +63,15 @@ class Dropout(nn.Module):
             return x
         if not self.training:
             return x * (1 - self.p) if self.scaling == "test" else x
+        x = x * self._keep(x)
+        return x / (1 - self.p) if self.scaling == "train" else x
+
+    # Left out of torch.compile's graph (speed.compile): traced, the seeds that change every step
+    # would be guarded on and the model recompiled every step, until dynamo gives up on it
+    # (repro/gpu_check.py's step_compile showed it). Run eagerly, it draws the same masks.
+    @torch.compiler.disable
+    def _keep(self, x):
+        """The mask of units kept: x's shape, True where the drawn uniform is >= p."""
         if self.seeds and (not self._gens or self._gens[0].device != x.device):
             self._gens = [torch.Generator(device=x.device).manual_seed(s) for s in self.seeds]
         first, stop, total = self.rows or (0, x.shape[0], x.shape[0])
@@ -74,9 +83,7 @@ class Dropout(nn.Module):
         else:
             gen = self._gens[0] if self._gens else None
             keep = torch.rand((total,) + tuple(x.shape[1:]), generator=gen, device=x.device)
-        keep = keep[first:stop] >= self.p
-        x = x * keep
-        return x / (1 - self.p) if self.scaling == "train" else x
+        return keep[first:stop] >= self.p
 
     def extra_repr(self):
         return f"p={self.p}, scaling={self.scaling}"

@@ -30,13 +30,16 @@ import torch.distributed as dist
 
 @dataclass
 class ExchangeLog:
-    """Exchange calls per point and bytes received from other towers (summed over local towers)."""
+    """Exchange calls per point and bytes received from other towers (summed over local towers).
+
+    Not counted inside a torch.compile'd model (speed.compile): counts read and written in the
+    traced code would be guarded on, and the model compiled again every step."""
     calls: dict = field(default_factory=dict)
     bytes: dict = field(default_factory=dict)
     enabled: bool = True
 
     def record(self, point: str, received: int) -> None:
-        if self.enabled:
+        if self.enabled and not torch.compiler.is_compiling():
             self.calls[point] = self.calls.get(point, 0) + 1
             self.bytes[point] = self.bytes.get(point, 0) + received
 

@@ -7,6 +7,18 @@ import pytest
 from tests.tiny_data import SIGNAL, make_tiny_shards, small_config
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: skipped, with the reason, where torch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU; torch {torch.__version__} sees none")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config):
     """The first lines of every test run: what the numerical tests ran on."""
     from repro import machine

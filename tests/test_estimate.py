@@ -106,4 +106,16 @@ def test_bench_model_prints_the_labelled_estimate(capsys):
     assert bench.main(["--model", "--json"]) == 0
     import json
     rows = json.loads(capsys.readouterr().out)
-    assert [r["gpus"] for r in rows] == [2, 1, 2, 8] and all(r["estimate"] for r in rows)
+    assert [r["gpus"] for r in rows] == [2, 1, 2, 8, 1, 1] and all(r["estimate"] for r in rows)
+    for d in (estimate.H100, estimate.H200):  # the devices the GPU check compares with are stated
+        assert f"{d.name}: {d.fp32 / 1e12:.2f} TFLOP/s fp32, {d.memory / 1e9:.0f} GB/s" in out
+
+
+@pytest.mark.parametrize("name, device", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H200", "H200 SXM"),
+    ("NVIDIA A100-SXM4-80GB", "A100 SXM"), ("NVIDIA GeForce RTX 4090", None)])
+def test_one_gpu_setup_by_the_name_torch_reports(name, device):
+    setup = estimate.one_gpu_setup(name)
+    assert (setup.device.name if setup else None) == device
+    if setup:
+        assert setup.gpus == 1 and setup.gpus_per_model == 1 and device in setup.name

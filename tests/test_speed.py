@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from repro import checkpoint
 from repro.fast import linear
-from repro.config import Config, ModelConfig, SpeedConfig
+from repro.config import Config, ModelConfig, SpeedConfig, Widths
 from repro.grouped import from_grouped_state
 from repro.model import AlexNet
 from repro.parallel import OneDevice
@@ -217,3 +217,29 @@ def test_fast_paths_run_under_bf16_autocast_and_normalise_in_float32():
     assert logits.dtype == torch.bfloat16 and seen["lrn"] == torch.float32
     grad = model.towers["grouped"].conv1.weight.grad
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_compile_traces_the_model_once_whatever_the_dropout_seeds():
+    """speed.compile: the dropout masks (seeds change every step) and the exchange counts stay out
+    of the traced code, and the LRN is traced as the plain formula, so torch.compile traces the
+    model once instead of again every step (dynamo's "eager" backend: tracing only, no compiler).
+    The masks are the eager model's: same logits as without compile, within float32 rounding."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    widths = Widths(conv1=16, conv2=32, conv3=48, conv4=48, conv5=32, fc6=64, fc7=64)
+    cfg = Config(model=ModelConfig(num_classes=10, widths=widths))
+    model = build_model(cfg, OneDevice("cpu")).train()
+    compiled = torch.compile(model, backend="eager")
+    x, y = batch()
+    graphs = []
+    for step in range(4):
+        model.reseed_dropout(step)
+        F.cross_entropy(compiled(x), y).backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[-1] > 0, graphs
+    model.reseed_dropout(7)
+    eager = model(x)
+    model.reseed_dropout(7)
+    assert rel_err(compiled(x), eager) < TOL
