@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from data_prep import shards
 from repro import checkpoint, data, files, machine, rundir
 from repro.errors import ArgumentParser, UserError, at_least, device
-from repro.model import AlexNet
+from repro.model import AlexNet, set_precision
 from repro.parallel import OneDevice
 from repro.progress import Progress
 
@@ -122,6 +122,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", ckpt: str | Path | None =
         raise UserError(f"{run_dir} is not a run directory ({rundir.CONFIG} missing)")
     cfg = rundir.read_config(run_dir, overrides)
     ckpt = ckpt or latest_checkpoint(run_dir)
+    set_precision(cfg.speed)
     model = AlexNet.from_config(cfg, placement=OneDevice(resolve_device(device)))
     checkpoint.load_into(ckpt, model)
     return model.eval(), cfg

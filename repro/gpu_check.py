@@ -10,7 +10,7 @@ whose reason is stated beside it (as tests/tolerance.py does for the CPU tests):
     lrn_*, same_map_norm_*    the fast LRN (both flavours) and code 145's same-map norm, forward
                               and backward, on the device in float32 against the float64 formula
                               (repro.lrn.lrn_reference, same_map_norm_reference) on the CPU
-    model_*                   the trainer's model on the device (grouped, fast LRN) against the
+    model_*                   the trainer's model on the device (two towers on a GPU, grouped on a CPU; fast LRN) against the
                               plain two-tower model on the CPU: float64 logits, loss and every
                               gradient; float32 logits and loss with TF32 off
     conv_float32*             whether a float32 convolution is float32: TF32 off, and with torch's
@@ -73,6 +73,7 @@ import torch.nn.functional as F
 
 from repro import machine
 from repro.config import DEFAULT_CONFIG, Config, load_config
+from repro.model import set_precision
 
 SCHEMA = 1
 BUDGET_S = 270.0  # full mode: speed steps stop here, leaving time to finish within 5 minutes
@@ -257,12 +258,17 @@ class Context:
         cfg.data.batch_size = self.sizes.batch
         return cfg
 
-    def model(self, cfg: Config, device=None, dtype: torch.dtype = torch.float32):
-        """The model as the trainer builds it (repro.train.build_model) on one device."""
+    def model(self, cfg: Config, device=None, dtype: torch.dtype = torch.float32, grouped: bool | None = None):
+        """The model as the trainer builds it (repro.train.build_model) on one device, or with
+        the grouped emulation on or off whatever the device (`grouped`)."""
+        from repro.model import AlexNet
         from repro.parallel import OneDevice
         from repro.train import build_model
 
-        return build_model(cfg, OneDevice(device or self.device)).to(dtype)
+        place = OneDevice(device or self.device)
+        if grouped is None:
+            return build_model(cfg, place).to(dtype)
+        return AlexNet.from_config(cfg, placement=place, grouped=grouped).to(dtype)
 
     def images(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean-subtracted-like pixels in the loader's layout (an NCHW view of NHWC memory), on
@@ -430,7 +436,7 @@ def check_model(ctx: Context) -> list[dict]:
     ref = _reference(ctx, x, y)
     cfg = ctx.config()
     dev = ctx.device.type
-    what = f"the paper config as the trainer builds it (grouped, fast LRN) on {dev}, vs the plain two-tower model on the CPU in float64"
+    what = f"the paper config as the trainer builds it (fast LRN; towers on a GPU, grouped on a CPU) on {dev}, vs the plain two-tower model on the CPU in float64"
     rows = [check_row("model_float64", f"{what}: float64 logits, loss, every gradient",
                       _net_error(_pass(ctx.model(cfg, dtype=torch.float64), x.double().to(ctx.device), y), ref),
                       FLOAT64_TOL)]
@@ -448,7 +454,7 @@ def _conv_error(ctx: Context, x64: torch.Tensor, w64: torch.Tensor) -> float:
     return ((got - exact).abs() / exact).max().item()
 
 
-@step("check", "float32 convolutions: TF32 off, and torch's defaults", "conv_float32", "conv_float32_torch_defaults")
+@step("check", "float32 convolutions: TF32 off, and as the trainer sets them", "conv_float32", "conv_float32_trainer")
 def check_conv_precision(ctx: Context) -> list[dict]:
     """Whether a float32 convolution is float32. The terms are positive, so each output is within
     gamma_n of exact in any order of summation (tests/tolerance.py, rule 1; here the sum is its
@@ -464,17 +470,16 @@ def check_conv_precision(ctx: Context) -> list[dict]:
             "max |diff| / exact")
     with float32_precision(tf32=False):
         rows = [check_row("conv_float32", f"{what}, TF32 off", _conv_error(ctx, x64, w64), tol)]
-    name = "conv_float32_torch_defaults"
+    name = "conv_float32_trainer"
     if not ctx.cuda:
-        return rows + [skipped_row("check", name, f"{what}, torch's default flags", "no CUDA: TF32 is a GPU setting")]
+        return rows + [skipped_row("check", name, f"{what}, as the trainer sets the flags", "no CUDA: TF32 is a GPU setting")]
     flags = ctx.torch_defaults
-    with float32_precision(tf32=False):
-        torch.backends.cudnn.allow_tf32 = flags["cudnn.allow_tf32"]
+    with float32_precision(tf32=True):  # torch's own default for cuDNN; the trainer must turn it off
+        set_precision(Config().speed)  # what repro/train.py and repro/evaluate.py do (speed.tf32 = false)
         err = _conv_error(ctx, x64, w64)
-    note = (f"torch's default cudnn.allow_tf32 = {flags['cudnn.allow_tf32']}; repro/train.py does not set it, so a "
-            "FAIL here means the paper configs train their convolutions in TF32 on this GPU")
-    return rows + [check_row(name, f"{what}, torch's default flags (cudnn.allow_tf32 = {flags['cudnn.allow_tf32']})",
-                             err, tol, note)]
+    note = (f"torch's default cudnn.allow_tf32 = {flags['cudnn.allow_tf32']}; repro.model.set_precision turns it "
+            "off for the paper configs: a FAIL here means they would train their convolutions in TF32")
+    return rows + [check_row(name, f"{what}, as the trainer sets the flags (speed.tf32 = false)", err, tol, note)]
 
 
 @step("check", "the grouped emulation vs two towers on the device", "grouped_vs_towers")
@@ -482,7 +487,7 @@ def check_grouped(ctx: Context) -> list[dict]:
     x, y = ctx.images(ctx.sizes.check_batch, seed=3)
     x64 = x.double().to(ctx.device)
     towers = _pass(ctx.model(ctx.config(grouped=False), dtype=torch.float64), x64, y)
-    grouped = _pass(ctx.model(ctx.config(), dtype=torch.float64), x64, y)
+    grouped = _pass(ctx.model(ctx.config(), dtype=torch.float64, grouped=True), x64, y)
     return [check_row("grouped_vs_towers", f"grouped emulation vs two towers on {ctx.device.type}, both "
                       "float64: logits, loss, every gradient", _net_error(grouped, towers), FLOAT64_TOL)]
 
@@ -753,6 +758,7 @@ class Variant:
     tf32: bool = False
     bf16: bool = False
     compile: bool = False
+    grouped: bool | None = None  # the grouped emulation forced on or off; None: as the trainer builds it
 
     @property
     def faithful(self) -> bool:
@@ -760,8 +766,10 @@ class Variant:
 
 
 EAGER = (
-    Variant("default", "the paper config as repro.train.build_model makes it (grouped, fast LRN, NCHW), float32"),
+    Variant("default", "the paper config as repro.train.build_model makes it (two towers on a GPU, the "
+            "grouped emulation on a CPU; fast LRN, NCHW), float32"),
     Variant("towers", "speed.grouped = false: the two towers as two modules", {"grouped": False}),
+    Variant("grouped", "the grouped emulation of both towers, on this device too", grouped=True),
     Variant("plain_lrn", "speed.fast_lrn = false: the LRN by plain tensor ops and autograd", {"fast_lrn": False}),
     Variant("channels_last", "speed.channels_last = true", {"channels_last": True}),
     Variant("tf32", "TF32 in convolutions and matmuls (torch.backends allow_tf32)", tf32=True),
@@ -823,7 +831,7 @@ def _variant_fn(ctx: Context, v: Variant) -> Callable[[], None]:
     from repro.optim import PaperSGD
 
     cfg = ctx.config(**v.speed)
-    model = ctx.model(cfg).train()
+    model = ctx.model(cfg, grouped=v.grouped).train()
     x, y = ctx.images(ctx.sizes.batch)  # the loader's layout: NCHW view of NHWC memory
     forward = torch.compile(model) if v.compile else model
     return _step_fn(ctx, model, PaperSGD.from_config(model, cfg.optim), x.to(ctx.device), y.to(ctx.device),
@@ -1118,7 +1126,7 @@ def _peak_memory(ctx: Context, v: Variant, placement=None) -> tuple[list[int], i
     base = [torch.cuda.memory_allocated(d) for d in devices]
     cfg = ctx.config(**v.speed)
     if placement is None:
-        model = ctx.model(cfg).train()
+        model = ctx.model(cfg, grouped=v.grouped).train()
     else:
         model = AlexNet.from_config(cfg, placement=placement).train()
     x, y = ctx.images(ctx.sizes.batch)

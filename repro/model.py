@@ -249,6 +249,16 @@ class AlexNet(nn.Module):
                 getattr(tower, name).reseed(*(_mix(seed, k, name) for k in keys), rows=rows)
 
 
+def set_precision(speed: SpeedConfig) -> None:
+    """The process's GPU arithmetic as the config says: float32 convolutions and matmuls unless
+    speed.tf32 (torch lets cuDNN use TF32 by default: the paper's configs must say no), and
+    cuDNN's algorithm search only with speed.cudnn_benchmark. Called by the trainer and the
+    evaluator before they compute; it does nothing on a CPU."""
+    torch.backends.cudnn.allow_tf32 = speed.tf32
+    torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+    torch.backends.cudnn.benchmark = speed.cudnn_benchmark
+
+
 def _mix(seed: int, *parts) -> int:
     """A stable 63-bit seed from a seed and some names (the same in every process)."""
     text = ":".join(map(str, (seed,) + parts)).encode()

@@ -12,7 +12,7 @@ from repro import bench, estimate, gpu_check
 from repro.errors import UserError
 
 ALL_NAMES = [name for s in gpu_check.STEPS for name in s.names]
-CUDA_ONLY = {"conv_float32_torch_defaults", "train_tf32_vs_fp32", "two_devices_two_gpus", "matmul_tf32",
+CUDA_ONLY = {"conv_float32_trainer", "train_tf32_vs_fp32", "two_devices_two_gpus", "matmul_tf32",
              "step_tf32", "step_towers_tf32", "lrn_conv1_fused", "pipeline_augment_cpu", "memory_fp32",
              "memory_bf16", "memory_two_gpus", "step_compile", "step_towers_compile", "step_best",
              "step_cudnn_benchmark", "flops_tf32"}
@@ -241,11 +241,10 @@ def test_help_explains_the_gpu_check(capsys):
 @pytest.mark.cuda
 def test_gpu_quick_mode_proves_the_cuda_paths(tmp_path):
     """The real GPU mode's --quick variant: every row present, no step broken, every check within
-    its tolerance. conv_float32_torch_defaults is left out: it reports what torch's own default
-    (TF32 in cuDNN's convolutions) does to float32, which the trainer does not yet pin."""
+    its tolerance (conv_float32_trainer included: the trainer pins float32 convolutions)."""
     result = gpu_check.run(torch.device("cuda:0"), quick=True, out=tmp_path / "r.json", tmp_root=str(tmp_path))
     assert [r["name"] for r in result["rows"]] == ALL_NAMES and result["complete"]
-    bad = [n for n in gpu_check.failures(result) if n != "conv_float32_torch_defaults"]
+    bad = gpu_check.failures(result)
     assert not bad, [(r["name"], r["note"]) for r in result["rows"] if r["name"] in bad]
     rows = {r["name"]: r for r in result["rows"]}
     assert rows["step_default"]["status"] == "ok" and rows["memory_fp32"]["status"] == "ok"
