@@ -92,10 +92,14 @@ def test_real_train_step_benchmark_rows_at_a_small_size():
     """benchmarks/bench_train_step.py end to end at batch 2, one repetition: the rows, not the times."""
     module = bench.load("train_step")
     rows = module.measure(batch=2, repeats=1, with_plain=True)
-    assert [r["name"] for r in rows] == ["train_step", "train_step_plain", "train_step_flops"]
+    assert [r["name"] for r in rows] == ["train_step", "train_step_plain", "train_step_flops",
+                                         "train_step_convolutions", "train_step_rest"]
     for r in rows:
         assert set(bench.ROW_KEYS) <= set(r) and r["project"] > 0 and r["baseline"] > 0
-        assert r["ratio"] == pytest.approx(r["project"] / r["baseline"])
+        # times: the baseline's over the project's; rates: the project's over the baseline's
+        want = r["baseline"] / r["project"] if r["unit"] == "s/step" else r["project"] / r["baseline"]
+        assert r["ratio"] == pytest.approx(want)
+    assert 0 < rows[3]["share_project"] < 1 and 0 < rows[3]["share_baseline"] < 1
     assert rows[0]["unit"] == "img/s" and rows[2]["unit"] == "GFLOP/s"
     assert rows[2]["model_gflop_per_image"] == pytest.approx(4.1356, rel=1e-3)
     assert rows[2]["baseline"] == pytest.approx(max(rows[2]["matmul_gflop_s"].values()))
