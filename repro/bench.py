@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -77,6 +79,28 @@ def load(name: str):
     if not callable(getattr(module, "run", None)):
         raise RuntimeError(f"{path} has no run(quick=False) function")
     return module
+
+
+def run_isolated(name: str, quick: bool) -> list[dict] | None:
+    """benchmarks/bench_<name>.py's rows, from a process of its own (None if it failed, with the
+    traceback on stderr). Each benchmark starts from a fresh process: one that has just trained
+    holds gigabytes of heap (speed.keep_freed_memory keeps it), which every loader or pool
+    worker it forks inherits, and the threads and allocator settings it leaves would slow, or
+    speed, the next benchmark's measurement."""
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        out = Path(tmp) / "rows.json"
+        code = ("import json, sys; from pathlib import Path; from repro import bench; "
+                f"bench.BENCH_DIR = Path({str(BENCH_DIR)!r}); "
+                f"rows = bench.check_rows(bench.load({name!r}).run(quick={quick!r}), 'bench_{name}.py'); "
+                f"Path({str(out)!r}).write_text(json.dumps(rows))")
+        repo = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        sys.stderr.write(result.stdout + result.stderr)  # what the benchmark printed: its own report
+        if result.returncode != 0 or not out.is_file():
+            print(f"bench: {name} failed (exit status {result.returncode}; its output is above)", file=sys.stderr)
+            return None
+        return json.loads(out.read_text())
 
 
 def check_rows(rows, source: str) -> list[dict]:
@@ -203,16 +227,14 @@ def main(argv: list[str]) -> int:
     names = list(dict.fromkeys(args.names)) or list(BENCHMARKS)
     header, rows, failed = machine.describe(), [], False
     for name in names:
-        try:
-            module = load(name)
-            if module is None:
-                print(f"bench: skipping {name}: benchmarks/bench_{name}.py does not exist yet",
-                      file=sys.stderr)
-                continue
-            rows += check_rows(module.run(quick=args.quick), f"bench_{name}.py")
-        except Exception:  # one broken benchmark should not hide the others' numbers
+        if load(name) is None:
+            print(f"bench: skipping {name}: benchmarks/bench_{name}.py does not exist yet", file=sys.stderr)
+            continue
+        found = run_isolated(name, args.quick)
+        if found is None:  # one broken benchmark should not hide the others' numbers
             failed = True
-            print(f"bench: {name} failed:\n{traceback.format_exc()}", file=sys.stderr)
+        else:
+            rows += found
     if args.json:
         print(json.dumps([{**r, "machine": header} for r in rows], indent=1))
     elif rows:
