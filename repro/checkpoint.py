@@ -176,7 +176,7 @@ def newest_sound(run_dir: str | Path, say=None) -> Path | None:
     dirs = checkpoint_dirs(run_dir)
     for k, ckpt in enumerate(reversed(dirs)):
         try:
-            check(ckpt, sorted(p.name for p in ckpt.glob("*.pt")))
+            check(ckpt, sorted(set(digests(ckpt)) | {p.name for p in ckpt.glob("*.pt")}))
         except DamagedCheckpoint as e:
             say(f"warning: {e}; " + ("trying the previous checkpoint" if k + 1 < len(dirs) else "it was the oldest"))
             continue

@@ -120,6 +120,8 @@ def test_a_damaged_checkpoint_is_reported_and_the_previous_sound_one_used(small_
     train(rundir.read_config(small_run, ["train.max_steps=4"]), tiny_shards, small_run, resume=True)
     assert "step-00000003 is damaged" in capsys.readouterr().err
     assert [r["step"] for r in rundir.read_metrics(small_run, "train")] == [1, 2, 3, 4]  # 3 and 4 from step 2 on
+    (checkpoint.latest(small_run) / "tower1.pt").unlink()  # a file gone, not altered
+    assert checkpoint.newest_sound(small_run, say=lambda text: None).name == "step-00000003"
     for ckpt in checkpoint.checkpoint_dirs(small_run):
         flip_a_bit(ckpt / "state.pt")
     capsys.readouterr()
