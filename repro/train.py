@@ -46,7 +46,8 @@ def parse_args(argv):
                "  ./run.sh train --set optim.lr=0.005 --set train.max_steps=100",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help=f"TOML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)})")
-    p.add_argument("--data", help="directory of prepared shards (default: the config's data.shards)")
+    p.add_argument("--data", help="directory of prepared shards (default: the config's data.shards; "
+                                  "with --resume, the data the run was trained on)")
     p.add_argument("--run-dir", help="where the run is written (default runs/<config name>)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set optim.lr=0.005 (repeatable)")
@@ -79,7 +80,12 @@ def main(argv) -> int:
         if (run_dir / rundir.CONFIG).exists():
             raise UserError(f"{run_dir} already holds a run: add --resume to continue it (one that "
                             f"stopped before its first checkpoint starts over), or choose another --run-dir")
-    data_root = Path(args.data or cfg.data.shards)
+    if args.data:
+        data_root = Path(args.data)
+    elif args.resume and (run_dir / rundir.PROVENANCE).is_file():
+        data_root = evaluate.data_root(run_dir)  # the run's own data, wherever the config points now
+    else:
+        data_root = Path(cfg.data.shards)
     train(cfg, data_root, run_dir, resume=args.resume)
     return 0
 

@@ -69,7 +69,8 @@ def test_a_second_trainer_is_refused_and_a_killed_ones_lock_is_stale(tiny_shards
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-    train_main(["--data", str(tiny_shards), "--run-dir", str(run), "--resume", "--set", "train.max_steps=2"])
+    # no --data: a resumed run reads the data its provenance.json records, not the config's data.shards
+    train_main(["--run-dir", str(run), "--resume", "--set", "train.max_steps=2"])
     assert "starting it over from step 0" in capsys.readouterr().out
     steps = [r["step"] for r in rundir.read_metrics(run, "train")]
     assert steps == [1, 2]  # the killed run's lines are gone, none twice
