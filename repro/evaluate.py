@@ -315,6 +315,7 @@ def evaluate_ensemble(run_dirs: list, opts: EvalOptions) -> dict[str, dict]:
     root = data_root(first, opts.data)
     member_opts = dataclasses.replace(opts, split=split, data=root)
     members = [(Path(r), evaluate_run(r, member_opts)) for r in run_dirs]
+    tag = "-ensemble" + check_data(first, root, split, opts.other_data)  # other data: beside, not over
     labels = torch.from_numpy(np.concatenate(data.open_split(root, split).labels))
     out = {}
     for views in members[0][1]:
@@ -326,7 +327,7 @@ def evaluate_ensemble(run_dirs: list, opts: EvalOptions) -> dict[str, dict]:
             {"run": r.name, "run_dir": str(r), "checkpoint": recs[views]["checkpoint"],
              "top1_error": recs[views]["top1_error"], "top5_error": recs[views]["top5_error"]}
             for r, recs in members], "data": data_record(root, split)}
-        out[views] = write_record(first, split, views, ensemble(probs), labels, root, about, "-ensemble")
+        out[views] = write_record(first, split, views, ensemble(probs), labels, root, about, tag)
     return out
 
 
