@@ -371,8 +371,9 @@ def _pack_name(split: str, source: Path) -> str:
 
 
 def _source_id(path: Path) -> dict:
-    st = Path(path).stat()
-    return {"name": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    """The Parquet file a pack was staged from, as files.identity sees it (a file rewritten, even
+    with its mtime set back, no longer matches: its pack is staged again)."""
+    return {"name": Path(path).name, "identity": files.identity(path)}
 
 
 def stage(cat: Catalog, out: Path, workers: int = 1, progress=None, say=lambda text: None) -> None:

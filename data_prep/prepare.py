@@ -161,18 +161,18 @@ def prepare(opts: Options, stream=None) -> Summary:
     if cat.layout in ("tree", layouts.KAGGLE) and any(_inside(out, p) for p in cat.sources if p.is_dir()):
         raise UserError(f"--out {out} lies inside a folder of images of the source {opts.source}")
     _make_out(out)
-    if cat.layout == hf_parquet.LAYOUT:
-        with _lock(out), _progress(sum(map(len, cat.splits.values())), opts, stream, desc="stage") as bar:
-            hf_parquet.stage(cat, out, opts.workers, bar, say)
-    tasks = plan_shards(cat, out, opts.seed, opts.shard_size)
-    counts = {s: len(v) for s, v in cat.splits.items()}
-    say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes: "
-        f"{len(tasks)} shards of up to {opts.shard_size} images"
-        + (f"; {len(cat.rejects)} archive members unusable (see {REJECTS})" if cat.rejects else ""))
-    if any(cat.patched.values()):
-        say("read from patch_images.tar (the official replacements for blank images): "
-            + ", ".join(f"{s} {n:,}" for s, n in cat.patched.items()))
-    with _lock(out), _os_errors(out):
+    with _lock(out), _os_errors(out):  # one lock over staging and building; a full disk is one line in both
+        if cat.layout == hf_parquet.LAYOUT:
+            with _progress(sum(map(len, cat.splits.values())), opts, stream, desc="stage") as bar:
+                hf_parquet.stage(cat, out, opts.workers, bar, say)
+        tasks = plan_shards(cat, out, opts.seed, opts.shard_size)
+        counts = {s: len(v) for s, v in cat.splits.items()}
+        say(", ".join(f"{s} {n:,} images" for s, n in counts.items()) + f", {len(cat.classes)} classes: "
+            f"{len(tasks)} shards of up to {opts.shard_size} images"
+            + (f"; {len(cat.rejects)} archive members unusable (see {REJECTS})" if cat.rejects else ""))
+        if any(cat.patched.values()):
+            say("read from patch_images.tar (the official replacements for blank images): "
+                + ", ".join(f"{s} {n:,}" for s, n in cat.patched.items()))
         _check_space(out, tasks)
         journal = _read_journal(out)
         _clear(out, tasks)
