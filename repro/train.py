@@ -387,7 +387,8 @@ def train_epoch(run: Run, stop: StopRequest) -> str | None:
                 if run.watch:
                     run.watch.train(pos.step, row)
             limit = cfg.train.max_steps and pos.step >= cfg.train.max_steps
-            if stop_now or limit or (cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0):
+            periodic = cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0
+            if stop_now or limit or (periodic and pos.step_in_epoch < run.steps):  # end_epoch saves the last step
                 save_checkpoint(run)
                 if stop_now or limit:
                     return "stop signal" if stop_now else f"train.max_steps = {cfg.train.max_steps}"
@@ -439,7 +440,7 @@ def end_epoch(run: Run) -> None:
             run.watch.val(run.pos.step, val.as_dict())
             run.watch.conv1_kernels(run.pos.step, conv1_kernels(run.model))
         if reduced:
-            run.metrics.write("event", event="lr_divided", epoch=run.pos.epoch, lr=run.schedule.lr(run.pos.epoch))
+            run.metrics.write("event", event="lr_divided", epoch=run.pos.epoch, step=run.pos.step, lr=run.schedule.lr(run.pos.epoch))
         print(f"epoch {run.pos.epoch}: validation top-1 {val.top1:.2%}, top-5 {val.top5:.2%} "
               f"(centre crop, {val.images} images)" + ("; learning rate divided" if reduced else ""),
               flush=True)

@@ -75,6 +75,18 @@ def test_exact_resume_is_bit_identical(tiny_shards, tmp_path):
     assert [r["epoch"] for r in vals] == [1]
 
 
+def test_an_epochs_last_step_is_checkpointed_once_after_its_validation(tiny_shards, tmp_path, monkeypatch):
+    """checkpoint_every dividing the epoch: the periodic save of the epoch's last step would be
+    replaced by the end-of-epoch one a moment later; it is written once, as the next epoch's start."""
+    saved = []
+    real = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda run_dir, step, *a, **k: saved.append(step) or real(run_dir, step, *a, **k))
+    run = train(small_config("train.max_steps=7", "train.checkpoint_every=5"), tiny_shards, tmp_path / "r")
+    assert saved == [5, 7]  # 5 steps per epoch; 7 = train.max_steps
+    state = checkpoint.read_state(run / "checkpoints" / "step-00000005")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+
+
 def test_run_dir_holds_config_metrics_provenance(tiny_shards, tmp_path):
     run = train(small_config("train.max_steps=2"), tiny_shards, tmp_path / "r")
     assert rundir.read_config(run).model.widths == Widths(16, 32, 48, 48, 32, 64, 64)
