@@ -254,11 +254,15 @@ class Distributed(Placement):
 
 def make_placement(kind: str, towers: int, device: str = "auto") -> Placement:
     """The placement named by train.placement ("auto" picks the natural one for the hardware)."""
+    import argparse
+
+    from repro import errors
     from repro.errors import UserError
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device = {device!r}, but no CUDA GPU is visible here: set train.device = 'cpu' "
-                        f"(or 'auto')")
+    try:
+        errors.device(device)  # a GPU that is there (cuda:5 on a machine with two is one line too)
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"train.device = {e}: set train.device = 'cpu' or 'auto'") from None
     if kind == "auto":
         if dist.is_initialized():
             kind = "distributed"

@@ -188,6 +188,22 @@ def test_bad_numbers_and_devices_are_one_line(small_run, capsys):
         assert words in one_line_error(argv, capsys), argv
 
 
+def test_a_gpu_that_is_not_there_is_one_line_before_training(monkeypatch):
+    """train.device = cuda:5 on a machine with two GPUs: refused by name, not a CUDA error later."""
+    import torch
+
+    from repro.parallel import make_placement
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for kind in ("single", "auto"):
+        with pytest.raises(UserError, match=r"train.device = 'cuda:5': only 2 CUDA GPU\(s\) visible"):
+            make_placement(kind, 2, "cuda:5")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        make_placement("auto", 2, "cuda")
+
+
 def test_a_newline_in_the_description_leaves_a_usable_run(tiny_shards, tmp_path, capsys):
     cfg = small_config(*SIGNAL, "train.max_steps=1")
     cfg.description = 'two\nlines "and" a \\ backslash'
