@@ -979,8 +979,7 @@ def speed_pipeline(ctx: Context) -> list[dict]:
     try:
         return _pipeline_rows(ctx, run, root, cfg)
     finally:
-        if run.metrics:
-            run.metrics.close()
+        run.close()
 
 
 def _pipeline_rows(ctx: Context, run, root: Path, cfg: Config) -> list[dict]:

@@ -148,6 +148,14 @@ class Run:
     def device(self) -> torch.device:
         return self.placement.output_device
 
+    def close(self) -> None:
+        """Close the writer's files and release the run directory's lock."""
+        for held in (self.metrics, self.watch):
+            if held:
+                held.close()
+        if self.lock:
+            self.lock.release()
+
     @property
     def distributed(self) -> bool:
         return isinstance(self.placement, Distributed)
@@ -217,12 +225,7 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
                              f"(last checkpoint {checkpoint.latest(run_dir)})") from None
     finally:
         stop.restore()
-        if run.metrics:
-            run.metrics.close()
-        if run.watch:
-            run.watch.close()
-        if run.lock:
-            run.lock.release()
+        run.close()
     return run_dir
 
 
