@@ -190,14 +190,15 @@ class SpeedConfig:
     channels_last: bool = opt(False)
     # one device on a CPU: the single-module emulation of both towers with grouped convolutions
     # (AlexNet(grouped=True); tests/test_parallel.py). Checkpoints keep the two-tower form. On a
-    # GPU the towers run apart, which cuDNN does faster (results/gpu/NVIDIA-H200.json: 1.07x).
+    # GPU the towers run apart, which cuDNN does faster (results/gpu/NVIDIA-H200.quick.json: 1.06x).
     grouped: bool = opt(True)
     # GPUs: TF32 in cuDNN's convolutions and cuBLAS's matmuls (inputs rounded to a 10-bit
     # mantissa). Off: the paper's float32, whatever torch's own default (cuDNN allows TF32 unless
     # told not to; repro.model.set_precision tells it)
     tf32: bool = opt(False)
-    # GPUs: let cuDNN time its algorithms and keep the fastest (about 1.08x on an H200); the
-    # choice can differ between runs, so float32 results are no longer repeatable bit for bit
+    # GPUs: let cuDNN time its algorithms and keep the fastest (1.15x over the default step on an
+    # H200, results/gpu/NVIDIA-H200.quick.json); the choice can differ between runs, so float32
+    # results are no longer repeatable bit for bit
     cudnn_benchmark: bool = opt(False)
     fast_lrn: bool = opt(True)  # equal to the reference LRN within 1e-6 (tests/test_lrn.py)
     # conv1's weight gradient by space-to-depth (repro/fast/conv1_grad.py); forward unchanged, gradient

@@ -15,8 +15,8 @@ Training stream of an epoch (a pure function of (data.seed, epoch), never of the
 - the crop, mirror and lighting draws of step s come from (seed, epoch, s) alone, so a run
   started at step k sees exactly the batches a run from step 0 sees from k on (exact resume);
 - data parallelism: part p of `parts` gets rows [p * n / parts, (p + 1) * n / parts) of every
-  global batch of n rows, so the parts together see the stream one process would (a last batch
-  smaller than `parts` leaves some parts with an empty batch).
+  global batch of n rows, so the parts together see the stream one process would, but for the
+  last, partial batch (above).
 
 Reading: each loader worker memory-maps the shards itself, lazily, on first use (an h5py handle
 is only ever opened briefly in the main process to read metadata and closed again, never held

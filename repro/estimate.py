@@ -164,7 +164,7 @@ NVLINK3 = Link("NVLink 3", 250e9, "A100: 300 GB/s each way on paper, 250 assumed
 class Setup:
     name: str
     device: Device
-    gpus_per_model: int  # 1: both towers on one GPU (grouped); 2: one tower per GPU
+    gpus_per_model: int  # 1: both towers on one GPU; 2: one tower per GPU
     replicas: int = 1  # data-parallel copies of the model; the batch of 128 is split among them
     link: Link | None = None  # between the two GPUs of a model
     dp_link: Link | None = None  # for the gradient all-reduce between replicas
@@ -176,23 +176,23 @@ class Setup:
 
 SETUPS = [
     Setup("paper: 2 x GTX 580, one tower each", GTX580, 2, link=PCIE2),
-    Setup("1 x A100, both towers (grouped)", A100, 1),
+    Setup("1 x A100, both towers", A100, 1),
     Setup("2 x A100, one tower each", A100, 2, link=NVLINK3),
     Setup("8 x A100: 4 pairs, data parallel", A100, 2, replicas=4, link=NVLINK3, dp_link=NVLINK3),
-    Setup("1 x H100 SXM, both towers (grouped)", H100, 1),
-    Setup("1 x H200, both towers (grouped)", H200, 1),
+    Setup("1 x H100 SXM, both towers", H100, 1),
+    Setup("1 x H200, both towers", H200, 1),
 ]
 
 
 def one_gpu_setup(gpu_name: str) -> Setup | None:
-    """The one-GPU setup (both towers, grouped) for a CUDA device name such as torch reports it
+    """The one-GPU setup (both towers on it) for a CUDA device name such as torch reports it
     ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA A100-SXM4-80GB"), or
     None for a GPU this module has no figures for. The GPU check (repro/gpu_check.py) sets its
     measured time beside this estimate."""
     name = gpu_name.upper()
     for key, device in (("H200", H200), ("H100", H100_PCIE if "PCIE" in name else H100), ("A100", A100)):
         if key in name:
-            return Setup(f"1 x {device.name}, both towers (grouped)", device, 1)
+            return Setup(f"1 x {device.name}, both towers", device, 1)
     return None
 
 

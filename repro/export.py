@@ -26,7 +26,7 @@ TorchScript:
 
 ONNX and safetensors: the snippets ONNX_SNIPPET and SAFETENSORS_SNIPPET below (tests/test_export.py
 runs them as they are). ONNX has one function per graph, hence two files; each holds its own
-copy of the weights (about 0.24 GB each at the paper's size). The exported graphs compute with
+copy of the weights (about 244 MB each at the paper's size). The exported graphs compute with
 the plain layers: every [speed] switch off (the fast LRN hands its work to worker threads,
 which tracing does not see; fast conv1 and fc are autograd Functions and oneDNN calls that no
 exporter records), the same function within float32 rounding. An ONNX export is run with

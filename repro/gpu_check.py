@@ -294,7 +294,8 @@ def float32_precision(tf32: bool):
 
 
 def torch_defaults() -> dict:
-    """The process-wide GPU settings as torch left them (nothing in repro/train.py sets them)."""
+    """The process-wide GPU settings as torch leaves them, read before this check sets any (the
+    trainer sets its own through repro.model.set_precision: float32 unless speed.tf32)."""
     return {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
             "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "cudnn.benchmark": torch.backends.cudnn.benchmark}

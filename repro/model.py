@@ -43,7 +43,8 @@ class Dropout(nn.Module):
     grouped emulation passes one seed per tower: its units are the towers' side by side, and
     each tower's share of the mask comes from that tower's own stream. With data-parallel pairs,
     `rows` = (first, stop, total): each pair draws the whole batch's mask and keeps its own rows,
-    so that any number of pairs trains exactly as one pair would.
+    so that any number of pairs trains exactly as one pair would (on the same batches: an epoch's
+    last, partial batch is one pair's and is dropped with several, repro/data.py).
     scaling "test": the paper's form, units zeroed in training and outputs x (1 - p) at test;
     scaling "train": inverted dropout, x 1 / (1 - p) in training, equal in expectation.
     """

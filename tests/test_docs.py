@@ -82,7 +82,28 @@ def test_every_reference_points_to_something_that_exists():
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("doc", ["docs/fidelity.md", "docs/architecture.md", "docs/reproducing.md"])
+@pytest.mark.parametrize("doc", ["docs/fidelity.md", "docs/architecture.md", "docs/reproducing.md", "docs/faults.md"])
 def test_the_documents_exist_and_the_readme_links_them(doc):
     assert (REPO / doc).is_file()
     assert f"({doc})" in (REPO / "README.md").read_text()
+
+
+def test_the_readmes_layout_names_every_module():
+    """A newcomer finds each part from the README's Layout: every module of the project (and every
+    helper of the tests) has its line there, under its folder."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed: dict[str, set[str]] = {}
+    folder = ""
+    for line in block.splitlines():
+        if line[:1].strip() and line.split()[0].endswith("/"):  # a folder's line: repro/, repro/fast/, ...
+            folder = line.split()[0].rstrip("/")
+        listed.setdefault(folder, set()).update(re.findall(r"\b([a-z_0-9]+\.py)\b", line))
+    missing = []
+    for where in ("repro", "repro/fast", "data_prep", "tests"):
+        for f in sorted((REPO / where).glob("*.py")):
+            if f.name in ("__init__.py", "__main__.py", "conftest.py") or f.name.startswith("test_"):
+                continue
+            if f.name not in listed.get(where, set()):
+                missing.append(f"{where}/{f.name}")
+    assert not missing, f"not in README.md's Layout: {missing}"
