@@ -1,7 +1,12 @@
 """The GPU check (`./run.sh bench --gpu`, repro/gpu_check.py): its reduced CPU mode end to end
 (every check and row present, the JSON written), the guards (a broken step, the time budget, an
 interrupt), the derived 90-epoch figures, the command line; and, where a GPU is visible, the
-real GPU mode's --quick variant."""
+real GPU mode's --quick variant.
+
+On a CPU the device-side rows compare the CPU with itself (augmentation "on the device" is the
+CPU's, the placements' kernels are the same): there they are a smoke test of the check's plumbing,
+which cannot fail on numerics. The CUDA numerics are proven only where a GPU runs them: the
+cuda-marked test below, and the committed runs in results/gpu/."""
 import json
 import math
 
