@@ -180,7 +180,7 @@ def run(quick: bool = False, images: int | None = None) -> list[dict]:
     return [
         {"name": "loader", "what": "loader: ready uint8 crops vs JPEG-folder pipeline", "setup": setup,
          "unit": "img/s", "project": uint8, "baseline": baseline, "ratio": uint8 / baseline},
-        {"name": "loader", "what": "loader: float input (mean, lighting on CPU) vs JPEG folder", "setup": setup,
+        {"name": "loader_float", "what": "loader: float input (mean, lighting on CPU) vs JPEG folder", "setup": setup,
          "unit": "img/s", "project": floats, "baseline": baseline, "ratio": floats / baseline},
     ]
 

@@ -94,11 +94,16 @@ def run_isolated(name: str, quick: bool) -> list[dict] | None:
                 f"rows = bench.check_rows(bench.load({name!r}).run(quick={quick!r}), 'bench_{name}.py'); "
                 f"Path({str(out)!r}).write_text(json.dumps(rows))")
         repo = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        sys.stderr.write(result.stdout + result.stderr)  # what the benchmark printed: its own report
-        if result.returncode != 0 or not out.is_file():
-            print(f"bench: {name} failed (exit status {result.returncode}; its output is above)", file=sys.stderr)
+        path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in child.stdout:  # what the benchmark prints (its progress, its own report), as it comes
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        returncode = child.wait()
+        if returncode != 0 or not out.is_file():
+            print(f"bench: {name} failed (exit status {returncode}; its output is above)", file=sys.stderr)
             return None
         return json.loads(out.read_text())
 

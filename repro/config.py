@@ -211,6 +211,12 @@ class SpeedConfig:
     # it in again for the next batch (repro/fast/memory.py; glibc only)
     keep_freed_memory: bool = opt(True)
 
+    @classmethod
+    def plain(cls) -> "SpeedConfig":
+        """Every switch off: the plain layers, the reference each speed path is tested against,
+        and what export records (every exporter knows them)."""
+        return cls(**{f.name: False for f in dataclasses.fields(cls)})
+
 
 @dataclass
 class EvalConfig:

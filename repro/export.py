@@ -31,7 +31,7 @@ the plain layers: every [speed] switch off (the fast LRN hands its work to worke
 which tracing does not see; fast conv1 and fc are autograd Functions and oneDNN calls that no
 exporter records), the same function within float32 rounding. An ONNX export is run with
 onnxruntime, where installed, before it is written: the logits must agree with the model's
-within CHECK_TOL of the largest logit (tests/tolerance.py, rule 2).
+within FLOAT32_NET_TOL of the largest logit (repro/tolerance.py, rule 2).
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ from data_prep import shards
 from repro import augment, data, evaluate, files, rundir
 from repro.config import Config, SpeedConfig, dumps_toml
 from repro.errors import ArgumentParser, UserError
+from repro.tolerance import FLOAT32_NET_TOL, rel_err, softmax_atol
 
 CROP = augment.CROP
 IMAGE = shards.IMAGE_SIZE  # prepared images: shorter side 256, central crop (data_prep/images.py)
@@ -65,13 +66,10 @@ NEEDS = {"torchscript": (), "onnx": ("onnx", "onnxscript"), "safetensors": ("saf
 TEN_VIEW_SUFFIX = ".ten_view.onnx"
 
 # Every [speed] switch off: the plain layers, which every exporter records (module docstring).
-PLAIN = tuple(f"speed.{f.name}=false" for f in dataclasses.fields(SpeedConfig))
+PLAIN = tuple(f"speed.{name}=false" for name in dataclasses.asdict(SpeedConfig.plain()))
 
-# An exported graph runs other kernels than the model: logits within this fraction of the largest
-# logit (tests/tolerance.py, rule 2: FLOAT32_NET_TOL), probabilities within half of that times
-# the largest logit plus float32 rounding (tests/tolerance.py, softmax_atol).
-CHECK_TOL = 1e-4
-U32 = 2.0 ** -24
+# An exported graph runs other kernels than the model: logits within FLOAT32_NET_TOL of the largest
+# logit, probabilities within softmax_atol (repro/tolerance.py, rule 2).
 
 ONNX_SNIPPET = '''\
 import json
@@ -168,7 +166,8 @@ class Source:
 def load_source(run_dir: Path, data_override=None) -> Source:
     """The run's latest checkpoint in the plain model, its config, and its data's classes and mean
     image (the run's own prepared data, or `data_override`); one line if they do not fit."""
-    model, _ = evaluate.load_run(run_dir, "cpu", overrides=PLAIN)
+    ckpt = evaluate.latest_checkpoint(run_dir)  # chosen once: its files are hashed to choose it
+    model, _ = evaluate.load_run(run_dir, "cpu", ckpt, overrides=PLAIN)
     cfg = rundir.read_config(run_dir)
     root = evaluate.data_root(run_dir, data_override)
     classes = data.class_names(root)
@@ -177,7 +176,6 @@ def load_source(run_dir: Path, data_override=None) -> Source:
                         f"pass --data with the data it was trained on")
     normalizer = data.make_normalizer(root, cfg, "cpu")
     wrapper = Exported(model, normalizer).eval()
-    ckpt = evaluate.latest_checkpoint(run_dir)
     about = {"run": run_dir.name, "checkpoint": str(ckpt), "config": cfg.description,
              "mean": cfg.augment.mean, "num_classes": cfg.model.num_classes,
              "forward": "uint8 (B, 224, 224, 3) RGB crops -> logits (B, C); centre crop of the mean image subtracted",
@@ -264,7 +262,7 @@ def _version(package: str) -> str:
 
 def check_onnx(wrapper: Exported, forward_file: Path, ten_view_file: Path) -> str:
     """Run both ONNX files with onnxruntime on a batch of 3 (not the 2 exported with) and compare
-    with the model (CHECK_TOL); UserError if they differ. Returns what was checked."""
+    with the model (FLOAT32_NET_TOL); UserError if they differ. Returns what was checked."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -283,15 +281,15 @@ def check_onnx(wrapper: Exported, forward_file: Path, ten_view_file: Path) -> st
     for key, path, x in (("logits", forward_file, crops), ("probs", ten_view_file, images)):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         run[key] = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    err = ((run["logits"].double() - logits.double()).abs().max() / logits.abs().max()).item()
+    err = rel_err(run["logits"], logits)
     perr = (run["probs"] - probs).abs().max().item()
-    atol = 0.5 * CHECK_TOL * views.abs().max().item() + 4 * U32
-    if not (err <= CHECK_TOL and perr <= atol):
+    atol = softmax_atol(views)
+    if not (err <= FLOAT32_NET_TOL and perr <= atol):
         raise UserError(f"the ONNX graphs do not compute the model's function under onnxruntime {ort.__version__} "
-                        f"(logits off by {err:.2g} of the largest, tolerance {CHECK_TOL:g}; probabilities by "
+                        f"(logits off by {err:.2g} of the largest, tolerance {FLOAT32_NET_TOL:g}; probabilities by "
                         f"{perr:.2g}, tolerance {atol:.2g}): nothing written")
     return (f"checked with onnxruntime {ort.__version__}, batch of 3: logits within {err:.1e} of the largest "
-            f"(tolerance {CHECK_TOL:g}), 10-view probabilities within {perr:.1e} (tolerance {atol:.1e})")
+            f"(tolerance {FLOAT32_NET_TOL:g}), 10-view probabilities within {perr:.1e} (tolerance {atol:.1e})")
 
 
 def safetensors_file(src: Source, staging: "Staging", out: Path) -> None:

@@ -6,7 +6,7 @@ temporary directory, models from the paper's config (paper_configs/alexnet_2gpu.
 of rows:
 
 Checks: a CUDA computation against a reference, with the largest error found and a tolerance
-whose reason is stated beside it (as tests/tolerance.py does for the CPU tests):
+whose reason is stated beside it (repro/tolerance.py; the LRN's and the drift's below):
     lrn_*, same_map_norm_*    the fast LRN (both flavours) and code 145's same-map norm, forward
                               and backward, on the device in float32 against the float64 formula
                               (repro.lrn.lrn_reference, same_map_norm_reference) on the CPU
@@ -72,18 +72,18 @@ import torch
 import torch.nn.functional as F
 
 from repro import machine
-from repro.config import DEFAULT_CONFIG, Config, load_config
+from repro.config import DEFAULT_CONFIG, Config, SpeedConfig, load_config
 from repro.model import set_precision
+from repro.tolerance import FLOAT32_NET_TOL, FLOAT64_TOL, U32, rel_err
 
 SCHEMA = 1
 BUDGET_S = 270.0  # full mode: speed steps stop here, leaving time to finish within 5 minutes
 QUICK_BUDGET_S = 80.0
 
 # --------------------------------------------------------------------------- tolerances
-# Why each comparison needs the tolerance it has (the same reasoning as tests/tolerance.py and
-# tests/test_lrn.py, which hold the CPU kernels to these bounds).
+# Why each comparison needs the tolerance it has (the rules of repro/tolerance.py; tests/test_lrn.py
+# holds the CPU kernels to the LRN's bounds).
 
-U32 = 2.0 ** -24  # float32 unit roundoff
 # Fast LRN forward, element-wise relative to the float64 formula: d = k + alpha' * (five squares)
 # is a sum of six positive terms (within 6u); d^-3/4 through rsqrt and sqrt adds ~3 ulps (CUDA's
 # rsqrtf is within 2 ulps, sqrtf is correctly rounded); the product one more: ~12u = 7e-7.
@@ -92,12 +92,8 @@ LRN_FORWARD_TOL = 1e-6
 # |g d^-3/4| + 2 alpha' beta |a| window(|g a| d^-7/4): they cancel, so a bound relative to the
 # result would not hold; each term is about ten roundings of q = d^-1/4, the window a sum of five.
 LRN_BACKWARD_TOL = 64 * U32
-# A whole network in float64, max |a - b| / max |b| per tensor: float64 sums of n <= 9216 terms
-# are within 1e-12 of their magnitudes; 1e-10 allows eight layers in a row and cancellation.
-FLOAT64_TOL = 1e-10
-# A whole network's float32 logits and loss, max |a - b| / max |b|: about sqrt(n) u per layer
-# in practice (6e-6 for n = 9216), eight layers and two kernels. TF32 (u = 2^-11) is off by ~1e-3.
-FLOAT32_NET_TOL = 1e-4
+# A whole network: FLOAT64_TOL in float64, FLOAT32_NET_TOL for float32 logits and loss
+# (repro/tolerance.py, rule 2).
 # Loss after each of a few training steps, relative to float32's: every conv and matmul rounds
 # its inputs to the mode's mantissa (unit roundoff u); a forward pass of eight such layers moves
 # the loss by a few u in practice (a bf16 run on this project's CPU moved it by at most 2u over
@@ -278,8 +274,7 @@ class Context:
         return x.permute(0, 3, 1, 2), torch.randint(0, self.config().model.num_classes, (n,), generator=g)
 
 
-PLAIN = dict(channels_last=False, grouped=False, fast_lrn=False, fast_conv1=False, fast_fc=False,
-             keep_freed_memory=False)
+PLAIN = dataclasses.asdict(SpeedConfig.plain())
 
 
 @contextlib.contextmanager
@@ -309,12 +304,6 @@ def set_tf32(on: bool) -> None:
 def autocast(ctx: Context, bf16: bool):
     """bfloat16 autocast on the device (on a CPU: the CPU's autocast, a stand-in)."""
     return torch.autocast(ctx.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b| (0 when both are zero)."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
 # =========================================================================== checks
@@ -458,7 +447,7 @@ def _conv_error(ctx: Context, x64: torch.Tensor, w64: torch.Tensor) -> float:
 @step("check", "float32 convolutions: TF32 off, and as the trainer sets them", "conv_float32", "conv_float32_trainer")
 def check_conv_precision(ctx: Context) -> list[dict]:
     """Whether a float32 convolution is float32. The terms are positive, so each output is within
-    gamma_n of exact in any order of summation (tests/tolerance.py, rule 1; here the sum is its
+    gamma_n of exact in any order of summation (repro/tolerance.py, rule 1; here the sum is its
     own magnitude); TF32 rounds the inputs to 10 bits, errors of about 2^-11 per term, which a
     sum of 64 terms averages to ~1e-4: far past float32's 2 gamma_64 = 7.6e-6. (The logits of a
     whole network at the paper's initialisation are dominated by the biases and hide it.)"""

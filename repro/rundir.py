@@ -72,11 +72,7 @@ def data_identity(data_root: str | Path) -> dict:
 
     manifest = data.read_manifest(data_root)
     wnids = [wnid for wnid, _ in data.class_names(data_root)]
-    try:
-        listed = {s: {x["name"]: x["sha256"] for x in v.get("shards", [])} for s, v in manifest["splits"].items()}
-    except (KeyError, TypeError, AttributeError) as e:
-        raise data.DataError(f"{Path(data_root) / 'manifest.json'} is damaged (its shard list: {e!r}): "
-                             f"run './run.sh prepare' again") from None
+    listed = {s: {x["name"]: x["sha256"] for x in v["shards"]} for s, v in manifest["splits"].items()}  # checked
     return {"root": str(data_root), "year": manifest.get("year"), "seed": manifest.get("seed"),
             "classes": len(wnids), "classes_sha256": hashlib.sha256("\n".join(wnids).encode()).hexdigest(),
             "subset": manifest.get("subset"), "shards": listed}

@@ -20,8 +20,7 @@ from repro.train import build_model
 from tests.tolerance import FLOAT32_NET_TOL as TOL
 from tests.tolerance import FLOAT64_TOL as TOL64
 from tests.tolerance import assert_sums_close, rel_err
-PLAIN = SpeedConfig(channels_last=False, grouped=False, fast_lrn=False, fast_conv1=False,
-                    fast_fc=False, keep_freed_memory=False)
+PLAIN = SpeedConfig.plain()
 SWITCHES = ["channels_last", "grouped", "fast_lrn", "fast_conv1", "fast_fc"]
 
 

@@ -1,51 +1,10 @@
-"""How far apart two computations of the same function may be when they run different kernels.
-
-Tests compare a speed path with its plain reference, one layout or placement with another, and
-the suite runs on CPUs with other instruction sets and thread counts, where the libraries pick
-other kernels. Two rules, used throughout the tests:
-
-1. One operation (a convolution, a matrix product, their gradients): bound the difference
-   element by element. A float32 sum of n products, computed in ANY order (blocked, vectorised,
-   with fused multiply-adds, split across threads), lies within gamma_n * sum_i |a_i b_i| of the
-   exact sum, gamma_n = n u / (1 - n u), u = 2^-24 (Higham, "Accuracy and Stability of
-   Numerical Algorithms", 2nd ed., 2002, section 3.1, the error bound for inner products). Two
-   such computations are therefore within 2 gamma_n sum_i |a_i b_i| of each other, whatever the
-   CPU. `assert_sums_close` checks exactly that, with sum_i |a_i b_i| computed in float64 by the
-   same operation applied to absolute values. It is a worst case: typical differences are 10-1000
-   times smaller, yet any slip in indexing (a wrong tap, a missing term) still shows, as the
-   float64 tests of the same operations check to 1e-12.
-
-2. A whole network (logits, loss, gradients): compare in float64, where rule 1's bound for the
-   largest sum here (n = 9216, fc6) is gamma_n = 1e-12 of the magnitudes, so `FLOAT64_TOL` holds
-   on any machine and still exposes any difference in the function (a changed constant, a window
-   crossing the tower boundary: 1e-4 and more). In float32, only the logits and
-   the loss are compared, with `FLOAT32_NET_TOL`: gradients are not, because a max-pool window
-   whose two largest inputs differ by less than float32 rounding may pick the other one and send
-   its whole gradient elsewhere (the pooling's own discontinuity, not an error; seen once on this
-   project's machine: 1 window in 9216 moved conv3's weight gradient by 1%).
-"""
+"""Rule 1 of repro/tolerance.py as an assertion, for the tests of single operations; the rules,
+their reasons and the constants live there and are re-exported here for the tests."""
 from __future__ import annotations
 
 import torch
 
-U32 = 2.0 ** -24  # float32 unit roundoff
-
-# float64, max |a - b| / max |b| per tensor (rule 2): rule 1's worst case per layer is 1e-12 of
-# the sums' magnitudes (u = 1.1e-16, n <= 9216); 1e-10 leaves room for cancellation and eight
-# layers in a row (measured differences: ~1e-15).
-FLOAT64_TOL = 1e-10
-
-# float32 logits and loss of a network, max |a - b| / max |b|: each layer's sums carry a relative
-# rounding error of about sqrt(n) u in practice (n <= 9216 here: 6e-6), eight layers in a row and
-# two kernels: 1e-4 covers that with room, while a wrong function is off by O(1).
-FLOAT32_NET_TOL = 1e-4
-
-
-def gamma(n: int, u: float = U32) -> float:
-    """Higham's gamma_n = n u / (1 - n u): the relative error bound of an n-term inner product."""
-    if n * u >= 1:
-        raise ValueError(f"{n} terms: no useful float32 bound")
-    return n * u / (1 - n * u)
+from repro.tolerance import FLOAT32_NET_TOL, FLOAT64_TOL, U32, gamma, rel_err, softmax_atol  # noqa: F401
 
 
 def assert_sums_close(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Tensor, terms: int,
@@ -61,16 +20,3 @@ def assert_sums_close(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Te
             f"{what or 'tensor'}: {int(over.sum())} of {diff.numel()} elements differ by more than "
             f"2 gamma_{terms} sum|terms|; first at flat index {i}: |diff| {diff.flatten()[i].item():.3g} > "
             f"bound {bound.flatten()[i].item():.3g}")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b| (0 when both are zero)."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
-
-
-def softmax_atol(logits: torch.Tensor) -> float:
-    """How far two float32 computations of the same softmax outputs may differ: a softmax output
-    moves by at most half the largest change of the logits (sum_j |dp_i/dz_j| = 2 p_i (1 - p_i)
-    <= 1/2), and the logits agree within FLOAT32_NET_TOL of their largest magnitude (rule 2);
-    plus float32 rounding of the outputs themselves, which lie in [0, 1]."""
-    return 0.5 * FLOAT32_NET_TOL * logits.abs().max().item() + 4 * U32
