@@ -15,8 +15,6 @@ import platform
 import socket
 from pathlib import Path
 
-import torch
-
 _VECTOR_FLAGS = ("avx512f", "avx2", "avx", "sse4_1")
 
 
@@ -46,6 +44,8 @@ def cpu_vector_isa() -> str:
 def instruction_sets() -> str:
     """What the kernels may use: torch's CPU capability and oneDNN's limit, e.g.
     'torch AVX2, oneDNN AVX2 (ONEDNN_MAX_CPU_ISA); CPU has avx512f'."""
+    import torch  # here, not at import: `./run.sh bench` starts each benchmark's process with this module
+
     torch_isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "?"
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
     onednn = f"oneDNN {limit} (ONEDNN_MAX_CPU_ISA)" if limit else "oneDNN the CPU's best"
@@ -63,6 +63,8 @@ def usable_cores() -> int:
 
 def describe() -> str:
     """One line: CPU, cores, instruction sets, torch and its threads, GPUs, date."""
+    import torch
+
     parts = [f"{cpu_name()}, {usable_cores()} of {os.cpu_count()} logical cores usable",
              instruction_sets(), f"torch {torch.__version__} with {torch.get_num_threads()} threads",
              f"Python {platform.python_version()}"]
@@ -74,6 +76,8 @@ def describe() -> str:
 
 def hardware() -> dict:
     """The same as data, for a run's provenance.json."""
+    import torch
+
     return {"host": socket.gethostname(), "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
             "instruction_sets": instruction_sets(), "torch_threads": torch.get_num_threads(),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
