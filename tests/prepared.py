@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from data_prep import fake_ilsvrc as fake
 from data_prep import prepare, shards
 from repro import cli, files
 
@@ -16,6 +17,21 @@ def run(src, out, **kw) -> prepare.Summary:
     kw.setdefault("workers", 1)
     kw.setdefault("shard_size", 4)
     return prepare.prepare(prepare.Options(Path(src), Path(out), quiet=True, **kw))
+
+
+def dataset(seed: int, per_class: int):
+    """Three awkward classes (CMYK, greyscale, odd sizes, ...; data_prep/fake_ilsvrc.py) with
+    `per_class` training and 2 validation images each: (train, val, words)."""
+    return fake.awkward_dataset(np.random.default_rng(seed), n_classes=3, per_class=per_class, val_per_class=2)
+
+
+def prepared_archives(data, root: Path) -> Path:
+    """`data` written as the official ILSVRC-2012 archives under root/src and prepared into
+    root/out: the reference the other routes must give byte for byte."""
+    train, val, words = data
+    fake.write_ilsvrc2012(root / "src", train, val, words)
+    assert run(root / "src", root / "out").complete
+    return root / "out"
 
 
 def shard_hashes(out, split) -> list[str]:

@@ -18,24 +18,22 @@ from data_prep import fake_ilsvrc as fake  # noqa: E402
 from data_prep import hf_parquet, prepare, shards  # noqa: E402
 from data_prep.shards import ShardWriter  # noqa: E402
 from repro.errors import UserError  # noqa: E402
-from tests.prepared import error_line, manifest_except, run, same_contents, shard_hashes, split_contents  # noqa: E402
+from tests.prepared import (  # noqa: E402
+    dataset, error_line, manifest_except, prepared_archives, run, same_contents, shard_hashes,
+    split_contents,
+)
 
 SPLITS = ("train", "val")
 
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(41)
-    return fake.awkward_dataset(rng, n_classes=3, per_class=3, val_per_class=2)
+    return dataset(41, per_class=3)
 
 
 @pytest.fixture(scope="module")
 def from_archives(data, tmp_path_factory):
-    train, val, words = data
-    root = tmp_path_factory.mktemp("arch")
-    fake.write_ilsvrc2012(root / "src", train, val, words)
-    assert run(root / "src", root / "out").complete
-    return root / "out"
+    return prepared_archives(data, tmp_path_factory.mktemp("arch"))
 
 
 def test_parquet_with_the_devkit_gives_the_archives_shards(data, from_archives, tmp_path):

@@ -12,22 +12,20 @@ import pytest
 from data_prep import fake_ilsvrc as fake
 from data_prep import prepare, shards, subsets
 from repro.errors import UserError
-from tests.prepared import error_line, manifest_except, run, same_contents, shard_hashes, split_contents
+from tests.prepared import (
+    dataset, error_line, manifest_except, prepared_archives, run, same_contents, shard_hashes,
+    split_contents,
+)
 
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(31)
-    return fake.awkward_dataset(rng, n_classes=3, per_class=2, val_per_class=2)
+    return dataset(31, per_class=2)
 
 
 @pytest.fixture(scope="module")
 def from_archives(data, tmp_path_factory):
-    train, val, words = data
-    root = tmp_path_factory.mktemp("arch")
-    fake.write_ilsvrc2012(root / "src", train, val, words)
-    assert run(root / "src", root / "out").complete
-    return root / "out"
+    return prepared_archives(data, tmp_path_factory.mktemp("arch"))
 
 
 # ------------------------------------------------------------------------------- Kaggle

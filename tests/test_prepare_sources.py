@@ -2,9 +2,7 @@
 fake-archive writer itself, and the pieces of the pipeline on their own."""
 import io
 import tarfile
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -12,42 +10,19 @@ import scipy.io
 from data_prep import fake_ilsvrc as fake
 from data_prep import images, prepare, shards, sources
 from data_prep.stats import Moments
-from repro import files
 from repro.errors import UserError
 from tests.pixels import assert_as_resize_then_crop, resize_two_pass
-
-
-def run(src, out, **kw):
-    return prepare.prepare(prepare.Options(Path(src), Path(out), workers=1, shard_size=4, quiet=True, **kw))
-
-
-def shard_hashes(out, split):
-    return [files.sha256(p) for p in shards.list_shards(out, split)]
-
-
-def split_contents(out, split):
-    labels, names, imgs = [], [], []
-    for p in shards.list_shards(out, split):
-        with h5py.File(p, "r") as f:
-            labels += f["labels"][:].tolist()
-            names += [s.decode() for s in f["filenames"][:]]
-            imgs.append(f["images"][:])
-    return labels, names, np.concatenate(imgs)
+from tests.prepared import dataset, prepared_archives, run, same_contents, shard_hashes, split_contents
 
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(21)
-    return fake.awkward_dataset(rng, n_classes=3, per_class=2, val_per_class=2)
+    return dataset(21, per_class=2)
 
 
 @pytest.fixture(scope="module")
 def from_archives(data, tmp_path_factory):
-    train, val, words = data
-    root = tmp_path_factory.mktemp("arch")
-    fake.write_ilsvrc2012(root / "src", train, val, words)
-    run(root / "src", root / "out")
-    return root / "out"
+    return prepared_archives(data, tmp_path_factory.mktemp("arch"))
 
 
 def test_tree_with_flat_val_and_devkit_gives_the_same_shards(data, from_archives, tmp_path):
@@ -68,8 +43,7 @@ def test_tree_with_val_folders_and_no_devkit(data, from_archives, tmp_path):
     assert [c["words"] for c in manifest["classes"]] == [words[w] for w in sorted(train)]
     assert all(c["ilsvrc_id"] == -1 for c in manifest["classes"])  # no devkit, no ids
     for split in ("train", "val"):
-        got, want = split_contents(tmp_path / "out", split), split_contents(from_archives, split)
-        assert got[0] == want[0] and got[1] == want[1] and np.array_equal(got[2], want[2])
+        assert same_contents(tmp_path / "out", from_archives, split)
     assert any(s["hash_of"] == "listing" for s in manifest["sources"])
 
 
@@ -97,11 +71,11 @@ def test_ilsvrc2010_train_val_and_test_with_the_patch_images(tmp_path):
     assert run(tmp_path / "src", tmp_path / "out", year=2010).complete
     leaves = sorted(train)
     for split, given, names in (("val", val, d.val_names), ("test", test, d.test_names)):
-        labels, got_names, _ = split_contents(tmp_path / "out", split)
+        labels, _, got_names, _ = split_contents(tmp_path / "out", split)
         assert got_names == names
         assert labels == [leaves.index(w) for w, _ in given]
     for split, name in (("train", patched_train), ("val", d.val_names[1]), ("test", d.test_names[0])):
-        _, got_names, imgs = split_contents(tmp_path / "out", split)
+        _, _, got_names, imgs = split_contents(tmp_path / "out", split)
         got = imgs[got_names.index(name)]
         assert np.array_equal(got, images.load(fixes[split])) and got.any(), (split, name)
     manifest = shards.read_manifest(tmp_path / "out")
