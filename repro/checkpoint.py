@@ -96,12 +96,12 @@ def save(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: in
         (tmp / DIGESTS).write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             files.fsync(f)
-        old = root / f".step-{step:08d}.replaced"
+        replaced = root / f".step-{step:08d}.replaced"
         if final.exists():  # the same step saved again: the new one in place before the old one goes
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final

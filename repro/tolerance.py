@@ -13,17 +13,17 @@ three:
    Numerical Algorithms", 2nd ed., 2002, section 3.1, the error bound for inner products). Two
    such computations are therefore within 2 gamma_n sum_i |a_i b_i| of each other, whatever the
    CPU. `assert_sums_close` (tests/tolerance.py) checks exactly that, with sum_i |a_i b_i|
-   computed in float64 by the same operation applied to absolute values. It is a worst case: typical differences are 10-1000
-   times smaller, yet any slip in indexing (a wrong tap, a missing term) still shows, as the
-   float64 tests of the same operations check to 1e-12.
+   computed in float64 by the same operation applied to absolute values. It is a worst case:
+   typical differences are 10-1000 times smaller, yet any slip in indexing (a wrong tap, a
+   missing term) still shows, as the float64 tests of the same operations check to 1e-12.
 
 2. A whole network (logits, loss, gradients): compare in float64, where rule 1's bound for the
    largest sum here (n = 9216, fc6) is gamma_n = 1e-12 of the magnitudes, so `FLOAT64_TOL` holds
    on any machine and still exposes any difference in the function (a changed constant, a window
    crossing the tower boundary: 1e-4 and more). In float32, only the logits and the loss are
-   compared, with `FLOAT32_NET_TOL`: gradients are not, because a max-pool window
-   whose two largest inputs differ by less than float32 rounding may pick the other one and send
-   its whole gradient elsewhere (the pooling's own discontinuity, not an error; seen once on this
+   compared, with `FLOAT32_NET_TOL`: gradients are not, because a max-pool window whose two
+   largest inputs differ by less than float32 rounding may pick the other one and send its whole
+   gradient elsewhere (the pooling's own discontinuity, not an error; seen once on this
    project's machine: 1 window in 9216 moved conv3's weight gradient by 1%).
 """
 from __future__ import annotations
