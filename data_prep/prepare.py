@@ -212,8 +212,12 @@ def prepare(opts: Options, stream=None) -> Summary:
     size = sum(r.bytes for r in results)
     say(", ".join(f"{s} {n:,} images in {summary.shards[s]} shards" for s, n in summary.counts.items())
         + f"; {len(rejects)} rejected; {_gb(size)} in {out}")
-    say(f"{summary.built:,} images decoded in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s, "
-        f"{opts.workers} workers)")
+    if summary.built:
+        say(f"{summary.built:,} images decoded in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s, "
+            f"{opts.workers} workers)")
+    else:
+        say(f"nothing to build: every shard was already there, checked against the bytes it was made from; "
+            f"{out} is complete (./run.sh prepare --verify {out} re-reads it all)")
     return summary
 
 

@@ -201,6 +201,17 @@ def test_resume_after_an_interruption_gives_identical_files(ds, prepared, tmp_pa
     assert not list(out.glob("*.partial")) and not list(out.glob(".*.partial"))
 
 
+def test_a_finished_preparation_run_again_says_there_is_nothing_to_build(ds, prepared, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    stream = io.StringIO()
+    opts = prepare.Options(ds[0].root, out, workers=1, shard_size=SHARD)
+    summary = prepare.prepare(opts, stream)
+    assert summary.complete and summary.built == 0
+    assert "nothing to build: every shard was already there" in stream.getvalue()
+    assert "images decoded" not in stream.getvalue() and file_hashes(out) == file_hashes(prepared)
+
+
 def test_a_damaged_finished_shard_is_rewritten(ds, prepared, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(prepared, out)
