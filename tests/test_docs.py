@@ -14,7 +14,7 @@ TEXT = (".md", ".py", ".toml", ".json", ".sh", ".cfg", ".ini", ".txt")
 # <name> or {split}, which stop the match), ending in a file type.
 PATH = re.compile(r"(?<![\w./-])((?:repro|data_prep|tests|benchmarks|paper_configs|docs|results|\.ci)"
                   r"/[\w./-]*\w\.(?:py|md|toml|json|sh|png|txt))\b")
-BARE_MD = re.compile(r"(?<![\w./-])([A-Z][A-Z_]+\.md)\b")  # README.md, PAPER.md, ...
+BARE_MD = re.compile(r"(?<![\w./-])([A-Z][A-Z_]+\.md)\b")  # a bare upper-case name such as README.md
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 TEST = re.compile(r"\b(test_\w+\.py)::(\w+)")  # tests/test_x.py::test_name
 ISSUE = re.compile(r"\b(?:issues?|tickets?) ?#?\d+\b", re.IGNORECASE)
@@ -39,8 +39,8 @@ def anchors(md: Path) -> set[str]:
 
 def test_the_checks_find_what_they_look_for(tmp_path):
     """The patterns below catch what they are meant to (else the real test would pass vacuously)."""
-    text = "see PAPER.md, repro/nothing_here.py, [x](docs/gone.md), issue 7 and ../shared/notes"
-    assert BARE_MD.findall(text) == ["PAPER.md"] and PATH.findall(text) == ["repro/nothing_here.py", "docs/gone.md"]
+    text = "see GONE.md, repro/nothing_here.py, [x](docs/gone.md), issue 7 and ../shared/notes"
+    assert BARE_MD.findall(text) == ["GONE.md"] and PATH.findall(text) == ["repro/nothing_here.py", "docs/gone.md"]
     assert LINK.findall(text) == ["docs/gone.md"] and ISSUE.search(text) and OUTSIDE.search(text)
     assert TEST.findall("tests/test_lrn.py::test_gone") == [("test_lrn.py", "test_gone")]
     assert not PATH.findall("results/<name>/report.md benchmarks/bench_<name>.py") and not ISSUE.search("tissue 3")
