@@ -250,13 +250,7 @@ def catalog(hf: HFData, tick=lambda n: None, run=None) -> Catalog:
     """Index the train and validation Parquet files (run: prepare's pool, one task per file)."""
     pyarrow()  # before any work: the one-line install hint
     tasks = [(str(p), split) for split, paths in hf.files.items() for p in paths]
-    if run is None:
-        results = []
-        for t in tasks:
-            results.append(index_file(t))
-            tick(1)
-    else:
-        results = run(index_file, tasks, lambda result: tick(1))
+    results = sources.map_tasks(index_file, tasks, tick, run)
     by_split = {split: [r for r in results if r.split == split] for split in hf.files}
     classes, extra_sources = _classes(hf, by_split["train"])
     cat = Catalog(2012, LAYOUT, hf.root, classes, {},
@@ -300,12 +294,9 @@ def _classes(hf: HFData, train: list[FileIndex]) -> tuple[list[ClassInfo], list[
         if wnids[i - 1] >= wnids[i]:
             raise UserError(f"labels {i - 1} and {i} are {wnids[i - 1]} and {wnids[i]}: not in sorted-WordNet-id "
                             f"order, so they are not ILSVRC-2012's class indices")
-    devkit_path = sources._find_devkit(hf.root, 2012)
-    if devkit_path:
-        classes = sources.read_devkit(devkit_path, 2012).classes()
-        if [c.wnid for c in classes] != wnids:
-            raise UserError(f"the classes of {devkit_path.name} ({len(classes)}) differ from the Parquet files' "
-                            f"({len(wnids)}): is it the ILSVRC-2012 devkit?")
+    devkit = sources.devkit_classes(hf.root, wnids, "the Parquet files'")
+    if devkit:
+        classes, devkit_path = devkit
         return classes, used + [devkit_path]
     return [ClassInfo(w, words.get(w, ""), -1) for w in wnids], used
 

@@ -146,12 +146,9 @@ def kaggle_catalog(k: KaggleData, tick=lambda n: None) -> Catalog:
     words = read_mapping(k.mapping)
     wnids = sorted(words)
     used = [k.mapping, k.val_solution]
-    devkit_path = sources._find_devkit(k.root, 2012)
-    if devkit_path:
-        classes = sources.read_devkit(devkit_path, 2012).classes()
-        if [c.wnid for c in classes] != wnids:
-            raise UserError(f"the classes of {devkit_path.name} ({len(classes)}) differ from {MAPPING}'s "
-                            f"({len(wnids)}): is it the ILSVRC-2012 devkit?")
+    devkit = sources.devkit_classes(k.root, wnids, f"{MAPPING}'s")
+    if devkit:
+        classes, devkit_path = devkit
         used.append(devkit_path)
     else:
         classes = [ClassInfo(w, words[w], -1) for w in wnids]

@@ -236,6 +236,31 @@ def _from_tree(root: Path, year: int, tick) -> Catalog:
     return cat
 
 
+def map_tasks(fn, tasks: list, tick, run=None) -> list:
+    """fn(task) for each task, in order, ticking once per task: here, or through `run` (prepare's
+    worker pool: run(fn, tasks, on_result))."""
+    if run is not None:
+        return run(fn, tasks, lambda result: tick(1))
+    results = []
+    for task in tasks:
+        results.append(fn(task))
+        tick(1)
+    return results
+
+
+def devkit_classes(root: Path, wnids: list[str], theirs: str) -> tuple[list[ClassInfo], Path] | None:
+    """The ILSVRC-2012 devkit's classes and its path, when a devkit lies under root; None when
+    none does. A devkit whose classes are not `wnids` (the ones `theirs` names) is a UserError."""
+    path = _find_devkit(root, 2012)
+    if path is None:
+        return None
+    classes = read_devkit(path, 2012).classes()
+    if [c.wnid for c in classes] != wnids:
+        raise UserError(f"the classes of {path.name} ({len(classes)}) differ from {theirs} "
+                        f"({len(wnids)}): is it the ILSVRC-2012 devkit?")
+    return classes, path
+
+
 def _find_devkit(root: Path, year: int) -> Path | None:
     for p in (root / ARCHIVES[year]["devkit"], root / DEVKIT_DIRS[year]):
         if p.exists():
@@ -448,13 +473,7 @@ def index_train_archive(path: Path, classes: list[ClassInfo], rejects: list[Reje
             first[wnid] = m.name
             label, cls = by_wnid[wnid]
             tasks.append(ClassArchive(str(path), m.name, m.offset_data, m.size, label, cls.ilsvrc_id))
-    if run is None:
-        results = []
-        for task in tasks:
-            results.append(index_class_archive(task))
-            tick(1)
-    else:
-        results = run(index_class_archive, tasks, lambda result: tick(1))
+    results = map_tasks(index_class_archive, tasks, tick, run)
     items = []
     for found, problems in results:
         items += found
