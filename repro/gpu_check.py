@@ -645,14 +645,20 @@ def _train_losses(ctx: Context, bf16: bool, tf32: bool) -> list[float]:
     with float32_precision(tf32):
         for s in range(ctx.sizes.drift_steps):
             model.reseed_dropout(s)
-            with autocast(ctx, bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
+            losses.append(_update(ctx, model, opt, x, y, bf16))
     return [float(v) for v in losses]
+
+
+def _update(ctx: Context, forward, optimizer, x, y, bf16: bool):
+    """One training step as repro.train.train_step takes it (autocast around the forward, a
+    float32 loss, PaperSGD), without its host reads; returns the loss, still on the device."""
+    with autocast(ctx, bf16):
+        logits = forward(x)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 @step("check", "bf16 autocast and TF32 training vs float32", "train_bf16_vs_fp32", "train_tf32_vs_fp32")
@@ -795,12 +801,7 @@ def _step_fn(ctx: Context, model, optimizer, x, y, tf32: bool = False, bf16: boo
         for _ in range(ctx.sizes.steps_per_call):
             if reseed:
                 model.reseed_dropout(next(counter))
-            with autocast(ctx, bf16):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _update(ctx, forward, optimizer, x, y, bf16)
         set_tf32(False)
     return call
 
