@@ -155,7 +155,7 @@ def kaggle_catalog(k: KaggleData, tick=lambda n: None) -> Catalog:
     train_dir, val_dir = k.cls_loc / "train", k.cls_loc / "val"
     cat = Catalog(2012, KAGGLE, k.root, classes, {}, sources=[train_dir, val_dir] + used)
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
-    cat.splits["train"] = sources._index_class_folders(train_dir, "train", by_wnid, tick)
+    cat.splits["train"] = sources._index_class_folders(train_dir, "train", by_wnid, cat.rejects, tick)
     truth = read_val_solution(k.val_solution, set(wnids))
     cat.splits["val"] = _kaggle_val(val_dir, truth, by_wnid, cat.rejects, k.val_solution.name)
     return cat
@@ -165,7 +165,8 @@ def _kaggle_val(folder: Path, truth: dict[str, str], by_wnid: dict, rejects: lis
     """Validation images, flat (labels from the CSV) or in class folders (checked against it), in
     file-name order; every image needs a row and every row an image."""
     if any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()):
-        entries = [(it.name.rsplit("/", 1)[-1], it) for it in sources._index_class_folders(folder, "val", by_wnid)]
+        found = sources._index_class_folders(folder, "val", by_wnid, rejects)
+        entries = [(it.name.rsplit("/", 1)[-1], it) for it in found]
     else:
         entries = [(p.name, Item(p.name, -1, -1, str(p), 0, p.stat().st_size)) for p in sorted(folder.iterdir())
                    if p.is_file() and not p.name.startswith(".")]

@@ -207,7 +207,7 @@ def _from_tree(root: Path, year: int, tick) -> Catalog:
         raise UserError(f"{root / 'train'} holds no class folders (train/<wnid>/*.JPEG)")
     cat = Catalog(year, "tree", root, classes, {}, sources=sources)
     by_wnid = {c.wnid: (i, c) for i, c in enumerate(classes)}
-    cat.splits["train"] = _index_class_folders(root / "train", "train", by_wnid, tick, cat.rejects)
+    cat.splits["train"] = _index_class_folders(root / "train", "train", by_wnid, cat.rejects, tick)
     eval_splits = ("val", "test") if year == 2010 else ("val",)
     for split in eval_splits:
         folder = root / split
@@ -215,7 +215,7 @@ def _from_tree(root: Path, year: int, tick) -> Catalog:
             raise UserError(f"{root} has train/ but no {split}/ folder")
         cat.sources.append(folder)
         if any(p.is_dir() for p in folder.iterdir()):
-            items = _index_class_folders(folder, split, by_wnid, rejects=cat.rejects)
+            items = _index_class_folders(folder, split, by_wnid, cat.rejects)
             cat.splits[split] = sorted(items, key=lambda it: (it.name, it.label))  # file order
             continue
         truth = None
@@ -281,8 +281,8 @@ def _read_words(root: Path) -> tuple[dict[str, str], Path | None]:
     return {}, None
 
 
-def _index_class_folders(folder: Path, split: str, by_wnid: dict, tick=lambda n: None,
-                         rejects: list[Reject] | None = None) -> list[Item]:
+def _index_class_folders(folder: Path, split: str, by_wnid: dict, rejects: list[Reject],
+                         tick=lambda n: None) -> list[Item]:
     items = []
     for d in sorted(folder.iterdir()):
         if d.name.startswith(".") or not d.is_dir():
@@ -294,9 +294,8 @@ def _index_class_folders(folder: Path, split: str, by_wnid: dict, tick=lambda n:
         for p in sorted(d.rglob("*")):
             if p.is_file() and not p.name.startswith("."):
                 name = p.relative_to(d).as_posix()
-                if not utf8(name):
-                    if rejects is not None:
-                        rejects.append(Reject(split, f"{d.name}/{name}", "file name is not valid UTF-8; not read"))
+                if not utf8(name):  # listed, on every route that reads class folders
+                    rejects.append(Reject(split, f"{d.name}/{name}", "file name is not valid UTF-8; not read"))
                     continue
                 items.append(Item(name, label, cls.ilsvrc_id, str(p), 0, p.stat().st_size))
     items.sort(key=lambda it: (it.label, it.name))

@@ -3,6 +3,7 @@
 same images (data_prep/fake_ilsvrc.py): the same shards, byte for byte where the devkit is beside
 the data, and one-line errors for what is missing or inconsistent."""
 import hashlib
+import os
 import re
 import shutil
 
@@ -85,6 +86,21 @@ def test_kaggle_val_rearranged_into_class_folders(data, from_archives, tmp_path)
     wrong.rename(d.files["val"] / other / d.val_names[0])
     with pytest.raises(UserError, match=f"lies in the folder {other} but LOC_val_solution.csv says {val[0][0]}"):
         run(tmp_path / "src", tmp_path / "out2")
+
+
+def test_kaggle_file_names_that_are_not_utf8_are_rejected_as_in_a_tree(data, tmp_path):
+    """The same file, the same reject on every route that reads class folders: listed in
+    rejects.tsv, so that the run stops unless rejects are allowed (not left out silently)."""
+    train, val, words = data
+    d = fake.write_kaggle(tmp_path / "src", train, val, words)
+    w = sorted(train)[1]
+    odd = os.fsencode(d.files["train"] / w) + b"/" + w.encode() + b"_\xff.JPEG"
+    with open(odd, "wb") as f:
+        f.write(train[w][0][1])
+    assert not run(tmp_path / "src", tmp_path / "o").complete
+    s = run(tmp_path / "src", tmp_path / "o2", allow_rejects=True)
+    assert s.complete and s.rejects == 1
+    assert f"train\t{w}/{w}_\\xff.JPEG\tfile name is not valid UTF-8" in (tmp_path / "o2" / "rejects.tsv").read_text()
 
 
 def _drop_csv_row(d, image_id):
