@@ -118,6 +118,19 @@ def digests(ckpt: str | Path) -> dict[str, str]:
         raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged ({DIGESTS} is not readable)") from None
 
 
+_hashed: dict[str, tuple[list[int], str]] = {}  # path -> (files.identity, SHA-256) of files checked
+
+
+def _sha256(path: Path) -> str:
+    """files.sha256, computed once per file and process: choosing a checkpoint (newest_sound)
+    and loading it (load_into) both check it, and a tower file of the paper's model is ~250 MB.
+    A file written, replaced or copied over since has another identity and is read again."""
+    key, identity = str(path.resolve()), files.identity(path)
+    if key not in _hashed or _hashed[key][0] != identity:
+        _hashed[key] = identity, files.sha256(path)
+    return _hashed[key][1]
+
+
 def check(ckpt: str | Path, names: list[str]) -> None:
     """Raise DamagedCheckpoint unless each named file is there with the SHA-256 it was written with."""
     ckpt = Path(ckpt)
@@ -126,7 +139,7 @@ def check(ckpt: str | Path, names: list[str]) -> None:
         path = ckpt / name
         if not path.is_file():
             raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged ({name} is missing)")
-        if recorded and files.sha256(path) != recorded.get(name):
+        if recorded and _sha256(path) != recorded.get(name):
             raise DamagedCheckpoint(f"checkpoint {ckpt} is damaged ({name} differs from what was written: "
                                     f"its SHA-256 is not the one in {DIGESTS})")
 

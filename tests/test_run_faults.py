@@ -110,6 +110,22 @@ def flip_a_bit(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def test_a_checkpoint_chosen_then_loaded_is_read_once_and_a_change_between_is_caught(small_run, monkeypatch):
+    """newest_sound and load_into both check the files; unchanged ones are hashed once per process
+    (a tower file of the paper's model is ~250 MB), a file written over in between again."""
+    hashed = []
+    real = checkpoint.files.sha256
+    monkeypatch.setattr(checkpoint.files, "sha256", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    newest = checkpoint.newest_sound(small_run)
+    model, _ = evaluate.load_run(small_run)
+    checkpoint.load_into(newest, model)
+    assert sorted(hashed) == ["state.pt", "tower0.pt", "tower1.pt"]
+    flip_a_bit(newest / "tower1.pt")  # same size, new content
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="tower1.pt differs from what was written"):
+        checkpoint.load_into(newest, model)
+    assert sorted(hashed) == ["state.pt", "tower0.pt", "tower1.pt", "tower1.pt"]
+
+
 def test_a_damaged_checkpoint_is_reported_and_the_previous_sound_one_used(small_run, tiny_shards, capsys):
     newest = checkpoint.latest(small_run)
     assert [p.name for p in checkpoint.checkpoint_dirs(small_run)] == ["step-00000001", "step-00000002", "step-00000003"]
