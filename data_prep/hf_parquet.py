@@ -41,8 +41,8 @@ catalogue's items then point at byte ranges of those files: the workers read and
 exactly as they read the official archives, and the shard plan's digest names the staged file
 (split and Parquet file name), the image's offset and size. The staged copy takes as much disk as
 the images it holds (about 147 GB for ImageNet's train and validation), is reused by a resumed
-run (if its Parquet file has the same size and modification time), and is removed when prepare
-finishes.
+run (if its Parquet file has the same files.identity: size, times, inode and device), and is
+removed when prepare finishes.
 """
 from __future__ import annotations
 

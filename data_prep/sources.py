@@ -149,7 +149,11 @@ def require_training_images(cat: Catalog) -> None:
     empty = [c.wnid for c, n in zip(cat.classes, counts) if n == 0]
     if not empty:
         return
-    where = ARCHIVES[cat.year]["train"] if cat.layout == "archives" else "train/"
+    if cat.layout == "archives":
+        where = ARCHIVES[cat.year]["train"]
+    else:  # the first source read: the train folder (a tree, Kaggle's) or a train Parquet file
+        train = cat.sources[0]
+        where = f"{train.name}/" if train.is_dir() else f"the train Parquet files in {train.parent}"
     why = {}
     for r in cat.rejects:
         wnid = re.split(r"[/.]", r.name, maxsplit=1)[0] if r.split == "train" else None
@@ -157,7 +161,7 @@ def require_training_images(cat: Catalog) -> None:
             why[wnid] = f"{r.name}: {r.reason}"
     shown = ", ".join(f"{w} ({why.get(w, f'not in {where}')})" for w in empty[:3])
     more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
-    todo = f"download {where} again" if cat.layout == "archives" else f"check {cat.root / 'train'}"
+    todo = f"download {where} again" if cat.layout == "archives" else f"check {train if train.is_dir() else where}"
     raise UserError(f"{len(empty)} of {len(cat.classes)} classes have no training image: {shown}{more}; the "
                     f"training data is incomplete or damaged: {todo}")
 

@@ -178,11 +178,12 @@ class TrainConfig:
 
 @dataclass
 class SpeedConfig:
-    """How the same float32 function is computed. The paper's recipe comes first: the speed
-    switches that change the arithmetic (channels-last, bf16 autocast, compile) are off by default; the others
-    compute the same function as the plain reference within float32 rounding (tests hold each
-    against it) and are on. benchmarks/bench_train_step.py measures them; on a CPU turn
-    channels_last on (paper_configs/demo.toml does)."""
+    """How the same float32 function is computed. The paper's recipe comes first: the switches
+    that change the arithmetic or its repeatability (channels-last, bf16 autocast, compile, TF32,
+    cudnn_benchmark) are off by default; the others compute the same function as the plain
+    reference within float32 rounding (tests hold each against it) and are on.
+    benchmarks/bench_train_step.py measures them; on a CPU turn channels_last on
+    (paper_configs/demo.toml does)."""
     bf16: bool = opt(False)  # autocast on GPUs
     compile: bool = opt(False)
     # activations stored [B, H, W, C] (the loader's layout): faster convolutions and pooling on

@@ -230,8 +230,8 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
 
 
 def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
-    """Processes, placement, data checks, model, optimiser, schedule, the checkpoint to resume
-    from, and the run directory's config, provenance and first metrics line."""
+    """Processes, placement, data checks, model, optimiser, schedule and the checkpoint to resume
+    from (the run directory's records are start_records')."""
     init_distributed()
     placement = make_placement(cfg.train.placement, cfg.model.towers, cfg.train.device)
     distributed = isinstance(placement, Distributed)

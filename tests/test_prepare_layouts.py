@@ -121,6 +121,8 @@ def _drop_csv_row(d, image_id):
     (lambda d: d.files["mapping"].write_text(d.files["mapping"].read_text() + "tench n01440764\n"),
      "LOC_synset_mapping.txt line 4: expected '<wnid> <words>'"),
     (lambda d: (d.files["train"] / "n12345678").mkdir(), "'n12345678' is not among the 3 classes"),
+    (lambda d: [p.unlink() for p in sorted(d.files["train"].iterdir())[0].iterdir()],
+     "1 of 3 classes have no training image: n\\d+ \\(not in train/\\);.*: check .*ILSVRC/Data/CLS-LOC/train$"),
 ])
 def test_kaggle_errors_are_one_line(data, tmp_path, capsys, damage, message):
     train, val, words = data
