@@ -263,11 +263,11 @@ def augment_draws(cfg, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray, b
     return offsets, alphas, on
 
 
-def steps_per_epoch(root: str | Path, cfg, parts: int = 1) -> int:
+def steps_per_epoch(root: str | Path, cfg, parts: int = 1, images: int | None = None) -> int:
     """Global steps in an epoch. The same for every part, since each takes its rows of every
-    global batch."""
+    global batch. `images`: the training split's size, when the caller has opened it already."""
     _check_parts(cfg, parts, 0)
-    return _steps(len(open_split(root, "train")), cfg.data.batch_size, parts)
+    return _steps(len(open_split(root, "train")) if images is None else images, cfg.data.batch_size, parts)
 
 
 def _steps(images: int, batch: int, parts: int) -> int:

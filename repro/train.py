@@ -270,10 +270,11 @@ def _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writ
     if resume:
         check_same_data(run_dir, data_root)
         pos = resume_from_checkpoint(run_dir, model, optimizer, schedule, writer)
+    train_images = len(data.open_split(data_root, "train"))  # every shard opened: once
     run = Run(cfg, data_root, run_dir, placement, model,
               torch.compile(model) if cfg.speed.compile else model, optimizer, schedule,
               data.make_normalizer(data_root, cfg, placement.output_device), pos,
-              data.steps_per_epoch(data_root, cfg, parts), len(data.open_split(data_root, "train")),
+              data.steps_per_epoch(data_root, cfg, parts, train_images), train_images,
               part, parts, writer, None, lock)
     return run
 
@@ -330,15 +331,16 @@ def check_data(cfg: Config, data_root: Path) -> None:
         raise UserError(f"no prepared data in {data_root} (manifest.json missing): run "
                         f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
                         f"to try everything on generated data")
-    year = data.read_manifest(data_root).get("year")
+    manifest = data.read_manifest(data_root)
+    year = manifest.get("year")
     if year is not None and year != cfg.data.year:
         raise UserError(f"the data in {data_root} is ILSVRC-{year}, the config says data.year = "
                         f"{cfg.data.year}: prepare the right year or use the matching config")
-    classes = len(data.class_names(data_root))
+    classes = len(manifest["classes"])
     if classes != cfg.model.num_classes:
         raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
                         f"{cfg.model.num_classes}: set model.num_classes = {classes}")
-    subset = data.read_manifest(data_root).get("subset")
+    subset = manifest.get("subset")
     if subset:  # said once, up front: such a run is a check of the recipe, not a paper row
         print(f"training on a subset of ILSVRC: {subset.get('classes')} of its {subset.get('of')} classes "
               f"({subset.get('selected_by')}); its errors are not comparable with the paper's", flush=True)
