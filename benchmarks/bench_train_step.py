@@ -28,6 +28,7 @@ repetitions. run() returns the rows for `./run.sh bench`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -51,9 +52,8 @@ CLASSES = 1000
 
 
 def plain_config() -> Config:
-    cfg = Config()
-    cfg.speed = SpeedConfig(channels_last=False, grouped=False, fast_lrn=False, fast_conv1=False,
-                            fast_fc=False, keep_freed_memory=cfg.speed.keep_freed_memory)
+    cfg = Config()  # the process setting keep_freed_memory stays as it is for all variants
+    cfg.speed = dataclasses.replace(SpeedConfig.plain(), keep_freed_memory=cfg.speed.keep_freed_memory)
     return cfg
 
 
