@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep import shards
+from data_prep.stats import Moments
 
 SHARD_SIZE = 1024  # images per shard, as prepare writes them
 STATS_SAMPLE = 64  # images the statistics are computed over (random pixels: more adds nothing)
@@ -54,9 +55,7 @@ def random_shards(root: str | Path, images: int, classes: int, seed: int = 0,
 
 
 def _stats(images: np.ndarray) -> shards.Stats:
-    """Mean image, RGB covariance and its eigen-decomposition (descending) on the 0-255 scale."""
-    x = images.astype(np.float64)
-    pixels = x.reshape(-1, 3)
-    cov = np.cov(pixels, rowvar=False, bias=True)
-    values, vectors = np.linalg.eigh(cov)  # ascending
-    return shards.Stats(x.mean(0), cov, values[::-1].copy(), vectors[:, ::-1].copy(), len(pixels), len(images))
+    """Mean image, RGB covariance and its eigen-decomposition, as prepare computes them."""
+    moments = Moments()
+    moments.add(images)
+    return moments.to_stats()
