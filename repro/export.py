@@ -136,8 +136,7 @@ class Exported(nn.Module):
         return self.model(x.reshape(-1, CROP, CROP, 3).permute(0, 3, 1, 2))
 
     def ten_view(self, images: torch.Tensor) -> torch.Tensor:  # uint8 (B, 256, 256, 3) -> (B, C)
-        logits = self.view_logits(images)
-        return torch.softmax(logits, dim=1).reshape(-1, len(self.offsets), logits.shape[1]).mean(dim=1)
+        return evaluate.average_views(self.view_logits(images), len(self.offsets))
 
 
 class TenView(nn.Module):
@@ -274,7 +273,7 @@ def check_onnx(wrapper: Exported, forward_file: Path, ten_view_file: Path) -> st
     images = torch.randint(0, 256, (3, IMAGE, IMAGE, 3), generator=gen, dtype=torch.uint8)
     with torch.no_grad():
         logits, views = wrapper(crops), wrapper.view_logits(images)
-        probs = torch.softmax(views, 1).reshape(3, -1, views.shape[1]).mean(1)
+        probs = evaluate.average_views(views, len(wrapper.offsets))
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     run = {}
