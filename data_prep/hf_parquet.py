@@ -54,7 +54,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep import sources
+from data_prep import images, sources
 from data_prep.sources import Catalog, ClassInfo, Item, Reject
 from repro import files
 from repro.errors import UserError
@@ -193,7 +193,7 @@ def open_parquet(path: str | Path, **kw):
     try:
         return pq.ParquetFile(str(path), **kw)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(f"{path} is not a readable Parquet file ({_one_line(e)}): an incomplete download? "
+        raise UserError(f"{path} is not a readable Parquet file ({images.one_line(e)}): an incomplete download? "
                         f"Download it again") from None
 
 
@@ -398,10 +398,10 @@ def stage(cat: Catalog, out: Path, workers: int = 1, progress=None, say=lambda t
         free = shutil.disk_usage(folder).free
         if need > free:
             raise UserError(f"not enough disk space in {out} to stage the images' JPEG bytes: about "
-                            f"{_size(need)} needed, {_size(free)} free")
+                            f"{files.size_text(need)} needed, {files.size_text(free)} free")
         n = sum(len(t.rows) for t in tasks)
         say(f"copying the JPEG bytes of {n:,} images out of {len(tasks)} Parquet files into {folder} (about "
-            f"{_size(need)}; removed when prepare finishes), so that the shuffled training order does not "
+            f"{files.size_text(need)}; removed when prepare finishes), so that the shuffled training order does not "
             f"read a whole row group per image")
         for task, result in zip(tasks, parallel_map(stage_file, tasks, workers, progress)):
             placed[(_split_of(task.pack), task.source)] = result
@@ -491,11 +491,3 @@ def remove_staging(out: Path) -> int:
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     shutil.rmtree(folder)
     return size
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__

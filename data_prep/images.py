@@ -83,9 +83,9 @@ def decode_rgb(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise BadImage(f"too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "broken"
-        raise BadImage(_one_line(e)) from None
+        raise BadImage(one_line(e)) from None
     except Exception as e:  # a decoder tripping over a malformed file must not stop the run
-        raise BadImage(f"{type(e).__name__}: {_one_line(e)}") from None
+        raise BadImage(f"{type(e).__name__}: {one_line(e)}") from None
     if im.width < 1 or im.height < 1:
         raise BadImage(f"empty image {im.width}x{im.height}")
     return im
@@ -154,7 +154,8 @@ def load(data: bytes, size: int = SIZE) -> np.ndarray:
     return resize_crop(decode_rgb(data), size)
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (at most 200 characters), the same from run to run."""
     text = deterministic(" ".join(str(e).split()) or type(e).__name__)
     return text[:200]
 

@@ -50,7 +50,7 @@ from data_prep import hf_parquet, images, layouts, shards, sources, subsets
 from data_prep.sources import Catalog, Item
 from data_prep.stats import Moments
 from data_prep.workers import ShardResult, ShardTask, disk_full, parallel_map, run_shard, source_stamp
-from repro import files
+from repro import files, machine
 from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
 
@@ -103,10 +103,7 @@ class Summary:
 
 def default_workers() -> int:
     """The cores this process may use (respects CPU affinity, e.g. under taskset or a scheduler)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover  (not on Linux)
-        return os.cpu_count() or 1
+    return max(1, machine.usable_cores())
 
 
 def train_order_key(seed: int, wnid: str, name: str) -> bytes:
@@ -206,12 +203,12 @@ def prepare(opts: Options, stream=None) -> Summary:
         shards.write_manifest(out, _manifest(cat, opts, results, source_info, rejects))
         freed = hf_parquet.remove_staging(out)
     if freed:
-        say(f"removed the staged JPEG bytes ({_gb(freed)}): the shards are complete")
+        say(f"removed the staged JPEG bytes ({files.size_text(freed)}): the shards are complete")
     summary.complete = True
     summary.seconds = time.monotonic() - t0
     size = sum(r.bytes for r in results)
     say(", ".join(f"{s} {n:,} images in {summary.shards[s]} shards" for s, n in summary.counts.items())
-        + f"; {len(rejects)} rejected; {_gb(size)} in {out}")
+        + f"; {len(rejects)} rejected; {files.size_text(size)} in {out}")
     if summary.built:
         say(f"{summary.built:,} images decoded in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s, "
             f"{opts.workers} workers)")
@@ -287,7 +284,7 @@ def _os_errors(out: Path):
         except OSError:
             free = None
         if disk_full(e) or (free is not None and free < FULL_BELOW):
-            left = f"{_gb(free)} free; " if free is not None else ""
+            left = f"{files.size_text(free)} free; " if free is not None else ""
             raise UserError(f"the disk holding {out} is full ({left}{text}): free some space there and run the "
                             f"same command again (finished shards are kept)") from None
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -327,12 +324,8 @@ def _check_space(out: Path, tasks: list[ShardTask]) -> None:
     need += 4 << 20
     free = shutil.disk_usage(out).free
     if need > free:
-        raise UserError(f"not enough disk space in {out}: the shards need about {_gb(need)}, "
-                        f"{_gb(free)} free")
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+        raise UserError(f"not enough disk space in {out}: the shards need about {files.size_text(need)}, "
+                        f"{files.size_text(free)} free")
 
 
 def _clear(out: Path, tasks: list[ShardTask]) -> None:

@@ -76,3 +76,8 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
+
+
+def size_text(n: int) -> str:
+    """A size in bytes as people read it: '1.3 GB', or '45.0 MB' below 0.1 GB."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
