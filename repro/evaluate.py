@@ -28,12 +28,18 @@ from repro.parallel import OneDevice
 from repro.progress import Progress
 
 
+def topk_misses(probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """How many rows' labels are not among their k highest scores, for each k: a tensor on the
+    scores' device, so that the caller chooses when to wait for it (the trainer sums a metrics
+    line's worth on the GPU and reads it once)."""
+    k_max = min(max(ks), probs.shape[1])
+    hit = probs.topk(k_max, dim=1).indices == labels[:, None]
+    return torch.stack([(~hit[:, :min(k, k_max)].any(dim=1)).sum() for k in ks])
+
+
 def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
     """Fraction of rows whose label is not among the k highest scores, for each k."""
-    k_max = min(max(ks), probs.shape[1])
-    top = probs.topk(k_max, dim=1).indices
-    hit = top == labels[:, None]
-    return {k: 1.0 - hit[:, :min(k, k_max)].any(dim=1).float().mean().item() for k in ks}
+    return {k: m / len(labels) for k, m in zip(ks, topk_misses(probs, labels, ks).tolist())}
 
 
 def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:

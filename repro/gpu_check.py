@@ -34,8 +34,9 @@ with CUDA synchronisation), batch 128:
     lrn_*                     the fast LRN, the plain one and a torch.compile'd (fused) one
                               against torch.nn.LocalResponseNorm
     step_host_sync, pipeline_*
-                              repro.train's own train_step (its loss.item() and error counts read
-                              the GPU every step) against the same step without host reads; the
+                              repro.train's own train_step (its loss.item() reads the GPU every
+                              step; its error counts at metrics lines) against the same step
+                              without host reads; the
                               whole path: shards -> loader workers -> Normalizer -> train_step
     memory_*                  peak GPU memory per tower (torch.cuda.max_memory_allocated)
     profile_*                 the share of a step the GPU is busy, and the top kernels (JSON)
@@ -914,16 +915,19 @@ def _pipeline_config(ctx: Context, root: Path, **data_or_augment) -> Config:
 
 
 def _trainer_fn(ctx: Context, run, x, y) -> Callable[[], None]:
-    """repro.train.train_step as the trainer calls it, and the error counts of its metrics window
-    (evaluate.topk_errors): each reads a number from the GPU, so every step waits for the last."""
-    from repro import evaluate, train
+    """repro.train.train_step as the trainer calls it, with its metrics window: the loss is read
+    every step (its finiteness check waits for the backward pass), the window's error counts once
+    per call, as at a metrics line."""
+    from repro import train
 
     stop = _NoStop()
 
     def call():
+        window = train._Window()
         for _ in range(ctx.sizes.steps_per_call):
-            _, logits, _ = train.train_step(run, x, y, stop)
-            evaluate.topk_errors(logits, y)
+            loss, logits, _ = train.train_step(run, x, y, stop)
+            window.add(loss, logits, y, len(y), 0.0, 0.0)
+        window.flush()
     return call
 
 
@@ -931,7 +935,7 @@ def _run_pipeline(ctx: Context, run, cfg: Config, epoch: int) -> tuple[float, fl
     """The trainer's loop (repro.train.train_epoch's) over the shards: images per second and the
     share of the time spent waiting for data (metrics.jsonl's data_wait_s: from the end of a step
     to its next batch being ready on the device), after the warm-up steps."""
-    from repro import data, evaluate, train
+    from repro import data, train
 
     run = dataclasses.replace(run, cfg=cfg, normalizer=data.make_normalizer(cfg.data.shards, cfg, run.device))
     warm, steps = ctx.sizes.pipeline_warm, ctx.sizes.pipeline_steps
@@ -939,13 +943,16 @@ def _run_pipeline(ctx: Context, run, cfg: Config, epoch: int) -> tuple[float, fl
     images = 0
     stop = _NoStop()
     batches = data.train_batches(cfg.data.shards, cfg, epoch, pin_memory=ctx.cuda)
+    window = train._Window()  # as the trainer keeps it (read at its metrics lines; here at the end)
     try:
         start = time.perf_counter()
         for i, batch in enumerate(batches):
             x, y = train.inputs(run, batch)
             ready = time.perf_counter()
-            _, logits, _ = train.train_step(run, x, y, stop)
-            evaluate.topk_errors(logits, y)
+            loss, logits, _ = train.train_step(run, x, y, stop)
+            window.add(loss, logits, y, len(y), 0.0, 0.0)
+            if i + 1 >= warm + steps:
+                window.flush()  # a metrics line's read: waits for the last update
             end = time.perf_counter()
             if i >= warm:
                 waited, total, images = waited + ready - start, total + end - start, images + len(y)
@@ -984,7 +991,7 @@ def _pipeline_rows(ctx: Context, run, root: Path, cfg: Config) -> list[dict]:
     alone = _images_per_s(ctx, t["trainer"])
     ctx.measured["step_trainer"] = alone
     rows = [speed_row("step_host_sync", f"train step, batch {ctx.sizes.batch}, paper config: without host reads "
-                      "vs repro.train.train_step (loss.item() every step, and the error counts of its metrics)",
+                      "vs repro.train.train_step (loss.item() every step, the error counts once per call)",
                       "img/s", _images_per_s(ctx, t["free"]), alone,
                       note="ratio > 1: what reading the GPU every step costs")]
     cores = machine.usable_cores()

@@ -511,22 +511,23 @@ class _Window:
 
     def __init__(self):
         self.steps = self.rows = self.images = 0
-        self.loss = self.miss1 = self.miss5 = self.wait = self.busy = 0.0
+        self.loss = self.wait = self.busy = 0.0
+        self.misses = None  # top-1 and top-5 misses, summed on the device: read once, in flush()
 
     def add(self, loss, logits, labels, images, wait, total):
-        e = evaluate.topk_errors(logits, labels)
+        misses = evaluate.topk_misses(logits, labels)  # no wait for the GPU here, every step
+        self.misses = misses if self.misses is None else self.misses + misses
         self.steps += 1
         self.rows += len(labels)
         self.images += images  # over all data-parallel parts
         self.loss += loss
-        self.miss1 += e[1] * len(labels)
-        self.miss5 += e[5] * len(labels)
         self.wait += wait
         self.busy += total
 
     def flush(self) -> dict:
-        out = {"loss": self.loss / max(self.steps, 1), "top1_error": self.miss1 / max(self.rows, 1),
-               "top5_error": self.miss5 / max(self.rows, 1),
+        miss1, miss5 = self.misses.tolist() if self.misses is not None else (0, 0)
+        out = {"loss": self.loss / max(self.steps, 1), "top1_error": miss1 / max(self.rows, 1),
+               "top5_error": miss5 / max(self.rows, 1),
                "img_per_s": self.images / max(self.busy, 1e-9), "data_wait_s": self.wait,
                "data_wait_share": self.wait / max(self.busy, 1e-9)}
         self.__init__()

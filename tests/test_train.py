@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro import checkpoint, rundir
+from repro import checkpoint, evaluate, rundir
 from repro.config import Widths
 from repro.errors import UserError
 from repro.model import AlexNet
 from repro.optim import PaperSGD
-from repro.train import train
+from repro.train import _Window, train
 from tests.dist_util import run_gloo
 from tests.tiny_data import SMALL, small_config
 from tests.tolerance import FLOAT64_TOL, rel_err
@@ -277,3 +277,19 @@ def test_the_trainer_sets_each_groups_rate_from_the_schedule(tiny_shards, tmp_pa
     assert seen == [Schedule(cfg.schedule, lr).rates(e) for e in (0, 1, 2)]
     assert seen[1] == {"rest.weight": lr, "conv1.weight": lr / 10, "rest.bias": lr, "conv1.bias": lr}
     assert seen[2] == {"rest.weight": lr / 10, "conv1.weight": lr / 100, "rest.bias": lr, "conv1.bias": lr}
+
+
+def test_the_metrics_window_counts_errors_on_the_device_and_reads_them_at_its_line():
+    """repro.train._Window keeps the top-1/top-5 misses as a tensor (no host read per step, which on a
+    GPU would wait for the update); its line gives the errors of all its steps' rows together."""
+    gen = torch.Generator().manual_seed(0)
+    window, logits, labels = _Window(), [], []
+    for rows in (5, 7, 4):
+        logits.append(torch.randn(rows, 10, generator=gen))
+        labels.append(torch.randint(0, 10, (rows,), generator=gen))
+        window.add(1.0, logits[-1], labels[-1], rows, 0.0, 1.0)
+        assert isinstance(window.misses, torch.Tensor)
+    line = window.flush()
+    whole = evaluate.topk_errors(torch.cat(logits), torch.cat(labels))
+    assert (line["top1_error"], line["top5_error"]) == (whole[1], whole[5]) and 0 < whole[5] < whole[1] < 1
+    assert window.misses is None and window.flush()["top1_error"] == 0
