@@ -234,7 +234,9 @@ def _build(tasks: list[ShardTask], opts: Options, out: Path, hasher, todo: int, 
     with open(out / JOURNAL, "a") as journal, _progress(todo, opts, stream) as bar:
         def record(r: ShardResult) -> None:
             if not r.kept:
-                files.fsync(out / r.name)  # here, not in the worker: the workers never wait for the disk
+                # here, not in the worker: the workers never wait for the disk; then out of the page
+                # cache, whose freed pages the workers' next shards are written into (files.fsync)
+                files.fsync(out / r.name, uncache=True)
             journal.write(json.dumps(r.journal_entry(), sort_keys=True) + "\n")
             journal.flush()
             os.fsync(journal.fileno())

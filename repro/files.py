@@ -22,11 +22,20 @@ def tmp_name(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def fsync(path: str | Path) -> None:
-    """Flush a file's data, or a directory's entries (its renames), to the disk."""
+def fsync(path: str | Path, uncache: bool = False) -> None:
+    """Flush a file's data, or a directory's entries (its renames), to the disk.
+
+    uncache: then drop the file from the page cache (its pages are clean now), for data written
+    once and not read again soon (prepare's shards: 140 GB and more for ImageNet). Its pages go
+    back to the free lists, where the next writes find them: writing into pages just freed cost
+    0.03 ms per 196 KB image on this project's 2-core VM, into pages the kernel had not handed out
+    before 0.27-0.46 ms (the VM backs new memory on first touch). No-op where the OS lacks
+    posix_fadvise (macOS)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        if uncache and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 

@@ -6,6 +6,7 @@ numpy, resume after an interruption, rejects, the traversal guard, the clear err
 """
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from data_prep import fake_ilsvrc as fake
 from data_prep import prepare, shards
 from data_prep.shards import ShardWriter
 from data_prep.verify import verify
-from repro import cli
+from repro import cli, files
 from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 
 SHARD = 5  # small shards, so that every split has several
@@ -230,6 +231,33 @@ def test_a_damaged_finished_shard_is_rewritten(ds, prepared, tmp_path):
 def test_two_workers_write_the_same_bytes(ds, prepared, tmp_path):
     assert run(ds[0].root, tmp_path / "out", workers=2).complete
     assert file_hashes(tmp_path / "out") == file_hashes(prepared)
+
+
+def test_each_shard_built_is_synced_then_dropped_from_the_page_cache(ds, prepared, tmp_path, monkeypatch):
+    """The parent makes each built shard durable, then drops its pages (files.fsync(uncache=True)):
+    shards are written once and read much later, and the next ones are written into the pages
+    freed (README, "Preparing ImageNet")."""
+    synced = []
+    real = files.fsync
+    monkeypatch.setattr(files, "fsync", lambda path, uncache=False: synced.append((Path(path).name, uncache))
+                        or real(path, uncache))
+    assert run(ds[0].root, tmp_path / "out").complete
+    built = {p.name for p in (tmp_path / "out").glob("*.h5") if p.name != "stats.h5"}
+    assert built and {name for name, uncache in synced if uncache} == built
+    assert file_hashes(tmp_path / "out") == file_hashes(prepared)
+
+
+def test_fsync_uncache_advises_the_kernel_to_drop_that_files_pages(tmp_path, monkeypatch):
+    advice = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, what: advice.append(
+        (os.fstat(fd).st_ino, offset, length, what)), raising=False)
+    monkeypatch.setattr(os, "POSIX_FADV_DONTNEED", getattr(os, "POSIX_FADV_DONTNEED", 4), raising=False)
+    path = tmp_path / "shard.h5"
+    path.write_bytes(b"x" * 10000)
+    files.fsync(path)
+    assert advice == []
+    files.fsync(path, uncache=True)
+    assert advice == [(path.stat().st_ino, 0, 0, os.POSIX_FADV_DONTNEED)]
 
 
 # ----------------------------------------------------------------------------- rejects
