@@ -138,15 +138,15 @@ def measure(batch: int, repeats: int, with_plain: bool = True) -> list[dict]:
                  "what": f"model FLOP/s vs best matmul FLOP/s ({best})", "matmul_gflop_s": {
                      k: v / 1e9 for k, v in rates.items()},
                  "model_gflop_per_image": estimate.train_flops(cfg.model) / 1e9})
-    rows += breakdown_rows(fns["project"], fns["baseline"], shape)
+    rows += breakdown_rows(fns["project"], fns["baseline"], shape, (t["project"], t["baseline"]))
     return rows
 
 
-def convolution_seconds(step, repeats: int = 3) -> tuple[float, float]:
-    """(seconds in convolutions, forward and backward; seconds of the whole step) of one step,
-    from torch.profiler's own CPU time per operator (the convolutions' kernels are oneDNN's): of
-    the quickest of `repeats` profiled steps (one step alone was once 50% slower than the
-    timed median, which skewed the split)."""
+def convolution_seconds(step, repeats: int = 3) -> float:
+    """Seconds in convolutions, forward and backward, of one step, from torch.profiler's own CPU
+    time per operator (the convolutions' kernels are oneDNN's), in the quickest of `repeats`
+    profiled steps. (The profiler slows some steps' other operators: the baseline's profiled
+    steps ran up to 50% over its timed median, all of it outside the convolutions.)"""
     from torch.profiler import ProfilerActivity, profile
 
     best = None
@@ -158,15 +158,16 @@ def convolution_seconds(step, repeats: int = 3) -> tuple[float, float]:
         total = sum(e.self_cpu_time_total for e in events) / 1e6
         if best is None or total < best[1]:
             best = conv, total
-    return best
+    return best[0]
 
 
-def breakdown_rows(project, baseline, shape: str) -> list[dict]:
+def breakdown_rows(project, baseline, shape: str, steps: tuple[float, float]) -> list[dict]:
     """Where each step's time goes: in the convolutions, whose work the two-tower model cuts by
     its 1.57x fewer multiply-adds (all a faster CPU kernel can also speed up), and in the rest
     (LRN, pooling, fc, the update), where the speed paths act. A step's ratio lies between the
-    two, weighted by the convolutions' share: what limits it on CPUs with narrower vectors."""
-    (pc, pt), (bc, bt) = convolution_seconds(project), convolution_seconds(baseline)
+    two, weighted by the convolutions' share: what limits it on CPUs with narrower vectors.
+    `steps`: the timed median step of each (s); the rest is that minus the convolutions."""
+    (pt, bt), pc, bc = steps, convolution_seconds(project), convolution_seconds(baseline)
     return [{"name": "train_step_convolutions", "unit": "s/step", "project": pc, "baseline": bc, "ratio": bc / pc,
              "what": f"time in convolutions, fwd+bwd ({shape}; {pc / pt:.0%} of the project's step, "
                      f"{bc / bt:.0%} of the baseline's)", "share_project": pc / pt, "share_baseline": bc / bt},
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
         return 0
     for r in rows:
         print(f"{r['what']}: project {r['project']:.1f} {r['unit']}, baseline {r['baseline']:.1f} "
-              f"{r['unit']}, ratio {r['ratio']:.2f}x" + (f" (median of {r['repeats']})" if 'repeats' in r else " (quickest of 3 profiled steps)"))
+              f"{r['unit']}, ratio {r['ratio']:.2f}x" + (f" (median of {r['repeats']})" if 'repeats' in r else " (convolutions: quickest of 3 profiled steps)"))
         if "matmul_gflop_s" in r:
             print("  matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["matmul_gflop_s"].items())
                   + f"; model: {r['model_gflop_per_image']:.2f} GFLOP per image (repro.estimate)")
