@@ -31,20 +31,23 @@ class Moments:
         """Add uint8 images [k, 256, 256, 3]."""
         if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(f"expected uint8 [k, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {images.dtype} {images.shape}")
-        for start in range(0, len(images), 1 << 16):  # keeps the uint32 sums below from overflowing
-            self._add(images[start:start + (1 << 16)])
+        for start in range(0, len(images), 257):  # keeps the uint16 pixel sums below from overflowing
+            self._add(images[start:start + 257])
 
     def _add(self, images: np.ndarray) -> None:
         # Small integer types where they are exact, for speed (this runs on every training image):
-        # a pixel's sum over <= 65,536 images fits in uint32; a product of two values <= 255 fits
-        # in uint16, and its sum over one image's 65,536 pixels in uint32. No float, no BLAS
-        # (whose threads spin between calls and take CPU from the other workers).
-        pixel_sum = images.sum(axis=0, dtype=np.uint32)
-        x = np.empty((3, PIXELS_PER_IMAGE), np.uint16)  # one image's R, G and B planes
+        # a pixel's sum over <= 257 images fits in uint16 (257 * 255 = 65,535); a product of two
+        # values <= 255 fits in uint16, and its sum over one image's 65,536 pixels in uint32. No
+        # float, no BLAS (whose threads spin between calls and take CPU from the other workers).
+        pixel_sum = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint16)
+        planes = np.empty((3, PIXELS_PER_IMAGE), np.uint8)  # one image's R, G and B planes
+        x = np.empty((3, PIXELS_PER_IMAGE), np.uint16)
         products = np.empty((len(_PAIRS[0]), PIXELS_PER_IMAGE), np.uint16)  # in _PAIRS order
         pairs = np.zeros(len(_PAIRS[0]), np.int64)
         for im in images:
-            np.copyto(x, im.reshape(-1, 3).T, casting="unsafe")
+            np.add(pixel_sum, im, out=pixel_sum)
+            np.copyto(planes, im.reshape(-1, 3).T)  # transposed as bytes, then widened: the faster way
+            np.copyto(x, planes)
             np.multiply(x, x[0], out=products[0:3])  # RR, GR, BR
             np.multiply(x[1:], x[1], out=products[3:5])  # GG, BG
             np.multiply(x[2], x[2], out=products[5])  # BB

@@ -19,6 +19,7 @@ from PIL import Image
 from data_prep import fake_ilsvrc as fake
 from data_prep import prepare, shards
 from data_prep.shards import ShardWriter
+from data_prep.stats import Moments
 from data_prep.verify import verify
 from repro import cli, files
 from tests.pixels import assert_as_resize_then_crop, resize_two_pass
@@ -170,6 +171,17 @@ def test_mean_and_pca_against_numpy(prepared):
     for split, info in manifest["splits"].items():
         assert st.counts[split].tolist() == info["per_class"]
         assert sum(s["count"] for s in info["shards"]) == info["count"] == st.counts[split].sum()
+
+
+def test_the_exact_sums_do_not_overflow_their_small_integer_types():
+    """Moments sums pixels in uint16 over blocks of 257 images (257 * 255 = 65,535) and products
+    in uint32 over an image's 65,536 pixels: all-white images, the largest values, over more than
+    one block, give the exact sums (a block of 258 would wrap around)."""
+    white = np.full((300, 256, 256, 3), 255, np.uint8)
+    m = Moments()
+    m.add(white)
+    assert m.images == 300 and (m.pixel_sum == 300 * 255).all()
+    assert (m.outer == 300 * 256 * 256 * 255 * 255).all()
 
 
 # ------------------------------------------------------------------------------ resume
