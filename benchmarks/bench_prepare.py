@@ -1,6 +1,6 @@
 """Benchmark: images/s of `./run.sh prepare` on all cores against a naive single-process PIL loop.
 
-    python benchmarks/bench_prepare.py [--quick] [--images N]
+    python benchmarks/bench_prepare.py [--quick] [--images N] [--profile]
 
 Both read the same generated ImageNet-sized JPEGs (about 500x375, quality 90; 30% portrait):
 prepare from archives in the official ILSVRC-2012 layout, end to end (indexing, decoding,
@@ -137,12 +137,69 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
              "ratio": ratio}]
 
 
+STAGES = {  # what one worker's time per image goes to: (cProfile entry, own or cumulative time)
+    "JPEG decoding (libjpeg-turbo through Pillow)": ("<method 'decode' of 'ImagingDecoder' objects>", "own"),
+    "resizing (Pillow's two passes)": ("<method 'resize' of 'ImagingCore' objects>", "own"),
+    "SHA-256 (the images' bytes, the shards)": ("<method 'update' of '_hashlib.HASH' objects>", "own"),
+    "exact sums for the mean and covariance": ("stats.py:_add", "cumulative"),
+    "HDF5 writes": ("dataset.py:__setitem__", "cumulative"),
+    "building shards, all of it": ("workers.py:build_shard", "cumulative"),
+}
+
+
+def profile_stages(images: int = 800) -> dict[str, float]:
+    """Milliseconds per image of each stage in STAGES, from prepare run in this process (one
+    worker) under cProfile, on `images` generated JPEGs. (cProfile adds a little to the Python
+    parts; the C parts, decoding and resizing, are timed as they are.)"""
+    import cProfile
+    import pstats
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_profile_"))
+    try:
+        jpegs = make_images(images)
+        wnids = fake.random_classes(10)
+        per_class = (images - 40) // 10
+        k = iter(jpegs)
+        train = {w: [(f"{w}_{j + 1}.JPEG", next(k)) for j in range(per_class)] for w in wnids}
+        fake.write_ilsvrc2012(tmp / "src", train, [(wnids[j % 10], b) for j, b in enumerate(k)])
+        options = prepare.Options(tmp / "src", tmp / "out", workers=1, shard_size=400, quiet=True)
+        profiler = cProfile.Profile()
+        profiler.runcall(prepare.prepare, options)
+        (tmp / "files").mkdir()
+        paths = [tmp / "files" / f"{i}.JPEG" for i in range(len(jpegs))]
+        for path, data in zip(paths, jpegs):
+            path.write_bytes(data)
+        naive = cProfile.Profile()
+        naive.runcall(naive_loop, paths)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def ms(profile, name: str, which: str) -> float:
+        seconds = 0.0
+        for (file, _, function), (_, _, own, cumulative, _) in pstats.Stats(profile).stats.items():
+            if name == function or (":" in name and name == f"{Path(file).name}:{function}"):
+                seconds += own if which == "own" else cumulative
+        return seconds / images * 1e3
+
+    out = {stage: ms(profiler, name, which) for stage, (name, which) in STAGES.items()}
+    out["the naive loop's resizing (the whole image, then the crop)"] = ms(naive, *STAGES["resizing (Pillow's two passes)"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="240 images, one repeat")
     p.add_argument("--images", type=int, help="number of JPEGs (default 3000; 240 with --quick)")
     p.add_argument("--repeats", type=int, help="best of this many runs of each (default 5; 1 with --quick)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: where one worker's time per image goes (decoding, resizing, hashing, ...)")
     args = p.parse_args(argv)
+    if args.profile:
+        n = args.images or 800
+        print(f"bench_prepare --profile: one worker, {n} JPEGs (~500x375), ms per image")
+        for stage, ms in profile_stages(n).items():
+            print(f"  {stage:60s} {ms:6.3f}")
+        return 0
     run(args.quick, args.images, args.repeats)
     return 0
 

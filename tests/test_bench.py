@@ -103,3 +103,13 @@ def test_real_train_step_benchmark_rows_at_a_small_size():
     assert rows[0]["unit"] == "img/s" and rows[2]["unit"] == "GFLOP/s"
     assert rows[2]["model_gflop_per_image"] == pytest.approx(4.1356, rel=1e-3)
     assert rows[2]["baseline"] == pytest.approx(max(rows[2]["matmul_gflop_s"].values()))
+
+
+def test_prepare_profile_names_stages_it_finds():
+    """benchmarks/bench_prepare.py --profile: every stage is found in the profile (a renamed
+    Pillow or h5py function would read 0 ms) and the parts lie within the whole."""
+    module = bench.load("prepare")
+    stages = module.profile_stages(images=60)
+    assert set(module.STAGES) < set(stages) and all(ms > 0 for ms in stages.values()), stages
+    whole = stages["building shards, all of it"]
+    assert sum(ms for name, ms in stages.items() if name in module.STAGES and name != "building shards, all of it") < whole
