@@ -434,14 +434,16 @@ def export(run_dir: str | Path, out: str | Path | None = None, data_override=Non
 
 # ----------------------------------------------------------------------------------- CLI
 
-def describe(path: Path) -> str:
+def describe(path: Path, fmt: str) -> str:
+    """What a written file holds; `fmt`: the format asked for (a file named without a format's
+    suffix still holds it)."""
     if path.name.endswith(TEN_VIEW_SUFFIX):
         return "images uint8 (B, 256, 256, 3) -> probs (B, C), 10 views averaged"
     return {"torchscript": "forward(uint8 crops (B, 224, 224, 3)) -> logits; ten_view(uint8 images "
                            "(B, 256, 256, 3)) -> probabilities",
             "onnx": "crops uint8 (B, 224, 224, 3) -> logits (B, C)",
             "safetensors": "weights (towers.0.conv1.weight, ...) and mean_image; classes and "
-                           "config.toml in the metadata"}.get(named_format(path), "")
+                           "config.toml in the metadata"}[named_format(path) or fmt]
 
 
 def parse_args(argv):
@@ -470,6 +472,7 @@ def _indent(text: str) -> str:
 
 def main(argv) -> int:
     args = parse_args(argv)
+    fmt = choose_format(args.format, Path(args.out) if args.out else None)
     for path in export(args.run_dir, args.out, args.data, args.format):
-        print(f"written {path} ({path.stat().st_size / 1e6:.1f} MB): {describe(path)}")
+        print(f"written {path} ({path.stat().st_size / 1e6:.1f} MB): {describe(path, fmt)}")
     return 0

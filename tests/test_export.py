@@ -97,9 +97,11 @@ def fake_run(run_dir: Path, root: Path, config: str) -> Path:
 # ---------------------------------------------------------------------------- TorchScript
 
 @pytest.mark.slow
-def test_export_runs_without_this_project_and_gives_the_same_logits(tiny_run, tiny_shards, tmp_path):
-    out = tmp_path / "alexnet.pt"
+def test_export_runs_without_this_project_and_gives_the_same_logits(tiny_run, tiny_shards, tmp_path, capsys):
+    out = tmp_path / "alexnet"  # no suffix: TorchScript, the default, under exactly this name
     assert cli.main(["export", str(tiny_run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith("MB): forward(uint8 crops (B, 224, 224, 3)) -> logits; "
+                                                    "ten_view(uint8 images (B, 256, 256, 3)) -> probabilities")
     images = torch.from_numpy(val_images(tiny_shards)[:3].copy())  # 3: not the batch size traced with
     crops = images[:, 16:240, 16:240].contiguous()
     torch.save({"crops": crops, "images": images}, tmp_path / "inputs.pt")
