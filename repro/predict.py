@@ -24,6 +24,8 @@ def prepare_image(path: str | Path) -> np.ndarray:
     """An image file -> uint8 [256, 256, 3], exactly as `prepare` wrote the training shards."""
     try:
         return image_prep.load(Path(path).read_bytes())
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder: give the image files in it (e.g. {Path(path) / '*.JPEG'})") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     except image_prep.BadImage as e:

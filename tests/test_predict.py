@@ -44,3 +44,5 @@ def test_predict_reads_any_image_and_averages_ten_views(tiny_run, tiny_shards, t
         assert [t["words"] for t in result["top"]] == [names[c][1] for c in top.indices.tolist()]
     assert cli.main(["predict", str(tiny_run), str(tmp_path / "notes.jpg")]) == 2
     assert "cannot read image" in capsys.readouterr().err
+    assert cli.main(["predict", str(tiny_run), str(tmp_path)]) == 2
+    assert f"error: {tmp_path} is a folder: give the image files in it" in capsys.readouterr().err
