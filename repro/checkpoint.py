@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -119,16 +120,23 @@ def digests(ckpt: str | Path) -> dict[str, str]:
 
 
 _hashed: dict[str, tuple[list[int], str]] = {}  # path -> (files.identity, SHA-256) of files checked
+SETTLED_NS = 2_000_000_000  # a file last changed this long before it was hashed: see _sha256
 
 
 def _sha256(path: Path) -> str:
     """files.sha256, computed once per file and process: choosing a checkpoint (newest_sound)
     and loading it (load_into) both check it, and a tower file of the paper's model is ~250 MB.
-    A file written, replaced or copied over since has another identity and is read again."""
+    A file written, replaced or copied over since has another identity and is read again. The
+    identity's times tick coarsely on some file systems (up to 2 s), so a file changed less than
+    SETTLED_NS before it was hashed is not remembered: a change after the hash might not show."""
     key, identity = str(path.resolve()), files.identity(path)
-    if key not in _hashed or _hashed[key][0] != identity:
-        _hashed[key] = identity, files.sha256(path)
-    return _hashed[key][1]
+    if key in _hashed and _hashed[key][0] == identity:
+        return _hashed[key][1]
+    started = time.time_ns()
+    digest = files.sha256(path)
+    if max(identity[1], identity[2]) < started - SETTLED_NS:  # mtime and ctime settled
+        _hashed[key] = identity, digest
+    return digest
 
 
 def check(ckpt: str | Path, names: list[str]) -> None:

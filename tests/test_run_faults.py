@@ -3,6 +3,7 @@ other data on resume / eval / predict, damaged checkpoints, shards cut short und
 damaged manifests, runs killed before their first checkpoint. Each one ends right, or in one
 line saying what is wrong and what to do (docs/faults.md lists them)."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -112,18 +113,29 @@ def flip_a_bit(path: Path) -> None:
 
 def test_a_checkpoint_chosen_then_loaded_is_read_once_and_a_change_between_is_caught(small_run, monkeypatch):
     """newest_sound and load_into both check the files; unchanged ones are hashed once per process
-    (a tower file of the paper's model is ~250 MB), a file written over in between again."""
+    (a tower file of the paper's model is ~250 MB), a file written over in between again, and a
+    file changed just before its hash (within a coarse timestamp's tick) is not remembered."""
     hashed = []
     real = checkpoint.files.sha256
     monkeypatch.setattr(checkpoint.files, "sha256", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    monkeypatch.setattr(checkpoint, "SETTLED_NS", 0)  # the fixture wrote its files a moment ago
     newest = checkpoint.newest_sound(small_run)
     model, _ = evaluate.load_run(small_run)
     checkpoint.load_into(newest, model)
     assert sorted(hashed) == ["state.pt", "tower0.pt", "tower1.pt"]
-    flip_a_bit(newest / "tower1.pt")  # same size, new content
+    changed = bytearray((newest / "tower1.pt").read_bytes())
+    changed[len(changed) // 2] ^= 0x10  # inside the tensor data: same size, new content
+    (newest / "tower1.new").write_bytes(bytes(changed))
+    os.replace(newest / "tower1.new", newest / "tower1.pt")  # as a copy or a download over it would
     with pytest.raises(checkpoint.DamagedCheckpoint, match="tower1.pt differs from what was written"):
         checkpoint.load_into(newest, model)
     assert sorted(hashed) == ["state.pt", "tower0.pt", "tower1.pt", "tower1.pt"]
+    monkeypatch.setattr(checkpoint, "SETTLED_NS", 10**15)  # every file changed "just now"
+    monkeypatch.setattr(checkpoint, "_hashed", {})  # forget what was remembered above
+    hashed.clear()
+    checkpoint.check(newest, ["state.pt"])
+    checkpoint.check(newest, ["state.pt"])
+    assert hashed == ["state.pt", "state.pt"]
 
 
 def test_a_damaged_checkpoint_is_reported_and_the_previous_sound_one_used(small_run, tiny_shards, capsys):
