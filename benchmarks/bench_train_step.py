@@ -168,6 +168,9 @@ def breakdown_rows(project, baseline, shape: str, steps: tuple[float, float]) ->
     two, weighted by the convolutions' share: what limits it on CPUs with narrower vectors.
     `steps`: the timed median step of each (s); the rest is that minus the convolutions."""
     (pt, bt), pc, bc = steps, convolution_seconds(project), convolution_seconds(baseline)
+    if pc >= pt or bc >= bt:  # two measurements that cannot both be right: say so, not a ratio
+        raise RuntimeError(f"the profiled convolutions ({pc:.3f} s, {bc:.3f} s) exceed the timed step "
+                           f"({pt:.3f} s, {bt:.3f} s): the machine was too busy to split the step; run again")
     return [{"name": "train_step_convolutions", "unit": "s/step", "project": pc, "baseline": bc, "ratio": bc / pc,
              "what": f"time in convolutions, fwd+bwd ({shape}; {pc / pt:.0%} of the project's step, "
                      f"{bc / bt:.0%} of the baseline's)", "share_project": pc / pt, "share_baseline": bc / bt},

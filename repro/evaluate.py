@@ -39,6 +39,8 @@ def topk_misses(probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> torch.T
 
 def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
     """Fraction of rows whose label is not among the k highest scores, for each k."""
+    if not len(labels):
+        return {k: float("nan") for k in ks}
     return {k: m / len(labels) for k, m in zip(ks, topk_misses(probs, labels, ks).tolist())}
 
 
