@@ -1,6 +1,6 @@
 """Benchmark: images/s of `./run.sh prepare` on all cores against a naive single-process PIL loop.
 
-    python benchmarks/bench_prepare.py [--quick] [--images N] [--profile]
+    python benchmarks/bench_prepare.py [--quick] [--images N] [--profile | --writes]
 
 Both read the same generated ImageNet-sized JPEGs (about 500x375, quality 90; 30% portrait):
 prepare from archives in the official ILSVRC-2012 layout, end to end (indexing, decoding,
@@ -63,11 +63,12 @@ def naive_loop(paths: list[Path]) -> None:
         np.asarray(im.crop((left, top, left + 256, top + 256)))
 
 
-def _cpu() -> float:
-    """CPU seconds used so far by this process and its finished children (the pool's workers)."""
+def _cpu(children: bool = True) -> float:
+    """CPU seconds used so far by this process and (children) its finished children (the pool's
+    workers)."""
     import resource
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime + (kids.ru_utime + kids.ru_stime if children else 0.0)
 
 
 def _duration(seconds: float) -> str:
@@ -109,11 +110,12 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
             baseline = max(baseline, total / (time.perf_counter() - t))
             cpu_baseline = min(cpu_baseline, (_cpu() - c) / total)
             out = tmp / f"out{r}"
-            c, t = _cpu(), time.perf_counter()
+            c, main, t = _cpu(), _cpu(children=False), time.perf_counter()
             summary = prepare.prepare(prepare.Options(tmp / "src", out, workers=workers, shard_size=shard_size,
                                                       quiet=True))
             project = max(project, total / (time.perf_counter() - t))
-            cpu_project = min(cpu_project, (_cpu() - c) / total)
+            if (_cpu() - c) / total < cpu_project:
+                cpu_project, cpu_main = (_cpu() - c) / total, (_cpu(children=False) - main) / total
             assert summary.complete and sum(summary.counts.values()) == total
             shutil.rmtree(out)
         mean_kb = sum(len(b) for b in jpegs) / len(jpegs) / 1024
@@ -126,7 +128,8 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
     print(f"  prepare, {workers} workers (end to end): {project:8.1f} img/s")
     print(f"  naive PIL loop, 1 process:             {baseline:8.1f} img/s")
     print(f"  ratio: {ratio:.2f}x (target: >= 1.8x on two cores)")
-    print(f"  CPU time per image: prepare {cpu_project * 1e3:.2f} ms (all processes), naive loop "
+    print(f"  CPU time per image: prepare {cpu_project * 1e3:.2f} ms (all processes; its main process "
+          f"{cpu_main * 1e3:.2f} ms: indexing, planning, hashing the archives, the journal), naive loop "
           f"{cpu_baseline * 1e3:.2f} ms; so on {workers} otherwise idle cores the ratio is at most "
           f"{workers * cpu_baseline / cpu_project:.2f}x")
     print(f"  full ILSVRC-2012 train set ({FULL_TRAIN:,} images) at this rate: {_duration(full)} on this "
@@ -140,8 +143,8 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
 STAGES = {  # what one worker's time per image goes to: (cProfile entry, own or cumulative time)
     "JPEG decoding (libjpeg-turbo through Pillow)": ("<method 'decode' of 'ImagingDecoder' objects>", "own"),
     "resizing (Pillow's two passes)": ("<method 'resize' of 'ImagingCore' objects>", "own"),
-    "SHA-256 (the images' bytes, the shards)": ("<method 'update' of '_hashlib.HASH' objects>", "own"),
-    "exact sums for the mean and covariance": ("stats.py:_add", "cumulative"),
+    "SHA-256 (the images' bytes, the shards)": ("sha256.update", "own"),
+    "exact sums for the mean and covariance (per training image)": ("stats.py:_add", "cumulative"),
     "HDF5 writes": ("dataset.py:__setitem__", "cumulative"),
     "building shards, all of it": ("workers.py:build_shard", "cumulative"),
 }
@@ -177,13 +180,55 @@ def profile_stages(images: int = 800) -> dict[str, float]:
     def ms(profile, name: str, which: str) -> float:
         seconds = 0.0
         for (file, _, function), (_, _, own, cumulative, _) in pstats.Stats(profile).stats.items():
-            if name == function or (":" in name and name == f"{Path(file).name}:{function}"):
+            if (name == function or (":" in name and name == f"{Path(file).name}:{function}")
+                    or (name == "sha256.update" and function.startswith("<method 'update' of '_")
+                        and ("HASH" in function or "SHA256" in function))):  # OpenSSL's or Python's own
                 seconds += own if which == "own" else cumulative
         return seconds / images * 1e3
 
     out = {stage: ms(profiler, name, which) for stage, (name, which) in STAGES.items()}
+    out["exact sums for the mean and covariance (per training image)"] *= images / (per_class * 10)  # training images only
     out["the naive loop's resizing (the whole image, then the crop)"] = ms(naive, *STAGES["resizing (Pillow's two passes)"])
     return out
+
+
+def write_costs(images: int = 384, rounds: int = 3, settle: float = 5.0) -> dict[str, float]:
+    """Kernel (system) CPU milliseconds per 196,608-byte image of writing shard-sized files: into
+    new files whose pages come from memory not in use recently, and into new files written right
+    after an equal file was deleted (its pages just freed), as prepare's workers do once the parent
+    has dropped each finished shard from the page cache (repro.files.fsync, uncache)."""
+    import resource
+
+    block = np.random.default_rng(0).integers(0, 256, 64 * shards_image_bytes(), dtype=np.uint8).tobytes()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_writes_"))
+
+    def write(name: str) -> float:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            for i in range(images // 64):
+                os.pwrite(fd, block, i * len(block))
+        finally:
+            os.close(fd)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_stime - before) / images * 1e3
+
+    try:
+        fresh, reused = [], []
+        for r in range(rounds):
+            time.sleep(settle)  # whatever this process or others freed before is no longer "just freed"
+            fresh.append(write(f"new{r}"))
+            os.unlink(tmp / f"new{r}")
+            reused.append(write(f"after{r}"))
+            os.unlink(tmp / f"after{r}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"new file, pages not in use recently": float(np.median(fresh)),
+            "new file, pages just freed": float(np.median(reused))}
+
+
+def shards_image_bytes() -> int:
+    from data_prep.shards import IMAGE_SIZE
+    return IMAGE_SIZE * IMAGE_SIZE * 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="best of this many runs of each (default 5; 1 with --quick)")
     p.add_argument("--profile", action="store_true",
                    help="instead: where one worker's time per image goes (decoding, resizing, hashing, ...)")
+    p.add_argument("--writes", action="store_true",
+                   help="instead: kernel CPU time of writing shard-sized files into fresh or just-freed pages")
     args = p.parse_args(argv)
+    if args.writes:
+        print("bench_prepare --writes: kernel CPU ms per 196,608-byte image written (median of 3 rounds of 384 "
+              "images, 5 s apart)")
+        for what, ms in write_costs().items():
+            print(f"  {what:40s} {ms:6.3f}")
+        return 0
     if args.profile:
         n = args.images or 800
         print(f"bench_prepare --profile: one worker, {n} JPEGs (~500x375), ms per image")

@@ -28,9 +28,9 @@ def fsync(path: str | Path, uncache: bool = False) -> None:
     uncache: then drop the file from the page cache (its pages are clean now), for data written
     once and not read again soon (prepare's shards: 140 GB and more for ImageNet). Its pages go
     back to the free lists, where the next writes find them: on this project's 2-core virtual
-    machine, writing a new file took 0.03 ms of kernel time per 196 KB image into pages just
-    freed, 0.27-0.46 ms into pages not in use recently. No-op where the OS lacks posix_fadvise
-    (macOS)."""
+    machine, writing a new file took 0.04 ms of kernel time per 196 KB image into pages just
+    freed, 0.38 ms into pages not in use recently (`python benchmarks/bench_prepare.py
+    --writes`). No-op where the OS lacks posix_fadvise (macOS)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -113,3 +113,10 @@ def test_prepare_profile_names_stages_it_finds():
     assert set(module.STAGES) < set(stages) and all(ms > 0 for ms in stages.values()), stages
     whole = stages["building shards, all of it"]
     assert sum(ms for name, ms in stages.items() if name in module.STAGES and name != "building shards, all of it") < whole
+
+
+def test_prepare_write_costs_measure_both_cases():
+    """benchmarks/bench_prepare.py --writes at a tiny size: both cases, as kernel milliseconds."""
+    costs = bench.load("prepare").write_costs(images=64, rounds=1, settle=0.0)
+    assert sorted(costs) == ["new file, pages just freed", "new file, pages not in use recently"]
+    assert all(0 <= ms < 100 for ms in costs.values()), costs
