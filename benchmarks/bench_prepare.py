@@ -31,6 +31,7 @@ from PIL import Image
 
 from data_prep import fake_ilsvrc as fake
 from data_prep import prepare
+from data_prep.shards import IMAGE_SIZE
 
 FULL_TRAIN = 1_281_167
 
@@ -199,7 +200,7 @@ def write_costs(images: int = 384, rounds: int = 3, settle: float = 5.0) -> dict
     has dropped each finished shard from the page cache (repro.files.fsync, uncache)."""
     import resource
 
-    block = np.random.default_rng(0).integers(0, 256, 64 * shards_image_bytes(), dtype=np.uint8).tobytes()
+    block = np.random.default_rng(0).integers(0, 256, 64 * IMAGE_SIZE * IMAGE_SIZE * 3, dtype=np.uint8).tobytes()
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_writes_"))
 
     def write(name: str) -> float:
@@ -224,11 +225,6 @@ def write_costs(images: int = 384, rounds: int = 3, settle: float = 5.0) -> dict
         shutil.rmtree(tmp, ignore_errors=True)
     return {"new file, pages not in use recently": float(np.median(fresh)),
             "new file, pages just freed": float(np.median(reused))}
-
-
-def shards_image_bytes() -> int:
-    from data_prep.shards import IMAGE_SIZE
-    return IMAGE_SIZE * IMAGE_SIZE * 3
 
 
 def main(argv: list[str] | None = None) -> int:
