@@ -32,7 +32,9 @@ setup(
         # 2.13: its exporter needs onnxscript 0.6+; onnxruntime 1.18 does not import with numpy 2, 1.19 does.
         "export": ["onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
         # the test suite runs the optional paths too, so CI (./run.sh setup installs .[test]) covers them
-        "test": ["pytest>=7", "pyarrow>=12", "tensorboard>=2.10",
+        # pytest-timeout: a test that hangs (a stuck process group, a lost worker) fails with every
+        # thread's stack instead of holding CI until its limit (pytest.ini, timeout)
+        "test": ["pytest>=7", "pytest-timeout>=2", "pyarrow>=12", "tensorboard>=2.10",
                  "onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
     },
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},
