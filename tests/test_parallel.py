@@ -245,3 +245,28 @@ def test_dropout_masks_are_the_same_in_every_placement():
         assert_identical(results["two", dtype], results["one", dtype])
     assert_same(results["grouped", F64], results["one", F64])
     assert_same(results["grouped", F32], results["one", F32], FLOAT32_NET_TOL, grads=False)
+
+
+# ------------------------------------------------------------- the gloo helper's own failure paths
+
+def _fails_on_rank_one(rank, world):
+    if rank == 1:
+        raise ValueError("rank one fails on purpose")
+    torch.distributed.barrier()  # rank 0 waits here for a rank that never comes
+
+
+def _never_ends(rank, world):
+    torch.distributed.barrier()
+    import time
+    time.sleep(600)
+
+
+def test_gloo_helper_reports_a_failing_rank_and_ends_the_one_waiting_for_it():
+    with pytest.raises(RuntimeError, match=r"(?s)rank 1 of 2 exited with code 1.*rank one fails on purpose"):
+        run_gloo(_fails_on_rank_one, 2)
+
+
+def test_gloo_helper_ends_processes_still_running_at_its_deadline():
+    with pytest.raises(TimeoutError, match=r"_never_ends in 2 gloo processes not finished after 3 s: "
+                                           r"rank 0: running \(pid \d+\), rank 1: running"):
+        run_gloo(_never_ends, 2, deadline_s=3)
