@@ -103,13 +103,22 @@ def _check_resumable(saved: Config, new: Config, run_dir: Path) -> None:
                             f"{run_dir} was trained with it); start a new run to change it")
 
 
+LOCAL_ADDR = "127.0.0.1"  # what --nproc's processes tell each other to connect to
+
+
 def launch_local(args, argv) -> int:
-    """Start `--nproc` processes on this machine with torchrun (the same as typing it)."""
+    """Start `--nproc` processes on this machine with torchrun (the same as typing it).
+
+    `--local-addr 127.0.0.1`: without it torchrun's c10d rendezvous advertises this machine's
+    host name (socket.getfqdn()) for its workers' store, and where that name does not resolve (a
+    container or chroot without it in /etc/hosts) the launch waits for minutes instead of
+    starting (pytorch/pytorch#150532). Every process is on this machine, so loopback is right."""
     from torch.distributed.run import main as torchrun
 
     rest = [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
             and not (i > 0 and argv[i - 1] == "--nproc")]
-    torchrun(["--standalone", f"--nproc-per-node={args.nproc}", "-m", "repro", "train", *rest])
+    torchrun(["--standalone", f"--nproc-per-node={args.nproc}", f"--local-addr={LOCAL_ADDR}",
+              "-m", "repro", "train", *rest])
     return 0
 
 

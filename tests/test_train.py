@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -167,12 +168,36 @@ def launch_args(tiny_shards, run, *extra):
             *sum((["--set", s] for s in SMALL + F64 + ["train.placement=distributed", *extra]), [])]
 
 
+UNRESOLVABLE = "no-such-host.invalid"  # .invalid never resolves (RFC 2606)
+
+
+def with_unresolvable_host_name(command: list[str]) -> list[str] | None:
+    """`command` run in a new UTS namespace whose host name does not resolve (`unshare --uts`:
+    root, or user namespaces), or None where this machine cannot make one."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--uts", "hostname", UNRESOLVABLE],
+                                         capture_output=True).returncode != 0:
+        return None
+    return [unshare, "--uts", "sh", "-c", f'hostname {UNRESOLVABLE} && exec "$@"', "sh", *command]
+
+
+def host_name_resolves() -> bool:
+    try:
+        socket.getaddrinfo(socket.getfqdn(), None)
+        return True
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path, one_process):
-    """./run.sh train --nproc 2: torchrun starts two gloo processes, one tower each."""
+    """./run.sh train --nproc 2: torchrun starts two gloo processes, one tower each. Where the
+    machine lets it (root), under a host name that does not resolve, as in some containers: there
+    torchrun waits for minutes unless told an address (repro.train.launch_local)."""
     run = tmp_path / "np2"
     args = [sys.executable, "-m", "repro", "train", "--nproc", "2", *launch_args(tiny_shards, run)]
-    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(with_unresolvable_host_name(args) or args, cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = checkpoint.latest(run)
     assert sorted(p.name for p in ckpt.iterdir()) == [checkpoint.DIGESTS, "state.pt", "tower0.pt", "tower1.pt"]
@@ -191,12 +216,14 @@ def free_port() -> int:
 def test_multi_node_launch_line_on_localhost(tiny_shards, tmp_path, one_process):
     """The README's line for several machines, run literally on one: two torchrun agents
     ("nodes") of two processes each meet at a c10d rendezvous, i.e. two model-parallel pairs,
-    data parallel; after the same 3 steps their weights equal the one-process run's."""
+    data parallel; after the same 3 steps their weights equal the one-process run's. On a
+    machine whose host name does not resolve, with the README's remedy for that, --local-addr."""
     run = tmp_path / "nodes"
     torchrun = Path(sys.executable).with_name("torchrun")
     launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
     line = [*launcher, "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "multi-node-test",
+            *([] if host_name_resolves() else ["--local-addr", "127.0.0.1"]),
             "-m", "repro", "train", *launch_args(tiny_shards, run)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     agents = [subprocess.Popen(line, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
