@@ -26,14 +26,20 @@ def _entry(rank, fn, world, store, args, error_file):
         raise
 
 
+def _failure(rank: int, world: int, code: int, error_file: str) -> str:
+    text = open(error_file).read() if os.path.exists(error_file) else "(no traceback written)\n"
+    return f"gloo rank {rank} of {world} exited with code {code}:\n{text}"
+
+
 def run_gloo(fn, world: int, *args, deadline_s: float = DEADLINE_S) -> None:
     """fn(rank, world, *args) in `world` spawned processes; fn must be importable (module level).
 
-    Raises with the failing rank's traceback if any process fails (the others, which may be
-    waiting for it in a collective, are ended), and with every rank's state if they have not all
-    finished within deadline_s. Each process's exit is polled (waitpid), not only awaited on its
-    sentinel pipe: a pipe that something else still holds open cannot leave an exited process
-    unnoticed (a full run once stopped for 20 minutes with two exited ranks unreaped)."""
+    Raises with every failed rank's traceback if any process fails (a rank waiting for it in a
+    collective may fail in turn, and either may be noticed first; the others are ended), and
+    with every rank's state if they have not all finished within deadline_s. Each process's exit
+    is polled (waitpid), not only awaited on its sentinel pipe: a pipe that something else still
+    holds open cannot leave an exited process unnoticed (a full run once stopped for 20 minutes
+    with two exited ranks unreaped)."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
@@ -48,9 +54,10 @@ def run_gloo(fn, world: int, *args, deadline_s: float = DEADLINE_S) -> None:
                 codes = [p.exitcode for p in procs]  # polls waitpid(WNOHANG)
                 failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
                 if failed:
-                    rank = failed[0]
-                    text = open(errors[rank]).read() if os.path.exists(errors[rank]) else "(no traceback written)"
-                    raise RuntimeError(f"gloo rank {rank} of {world} exited with code {codes[rank]}:\n{text}")
+                    time.sleep(1.0)  # the others, if they fail in turn (a peer gone), report too
+                    codes = [p.exitcode for p in procs]
+                    raise RuntimeError("\n".join(_failure(rank, world, code, errors[rank])
+                                                 for rank, code in enumerate(codes) if code not in (None, 0)))
                 if all(code == 0 for code in codes):
                     return
                 if time.monotonic() > deadline:

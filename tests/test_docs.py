@@ -22,9 +22,45 @@ OUTSIDE = re.compile(r"\.\./shared\b")
 
 
 def tracked_text_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    files = [REPO / f for f in out.splitlines() if f.endswith(TEXT) or f in (".ci/run", "run.sh")]
+    """The repository's text files: git's list, or, without git or outside a checkout (a copy or
+    an unpacked archive of the repository), the tree less what .gitignore leaves out."""
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        names = out.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        names = tree_files()
+    files = [REPO / f for f in names if f.endswith(TEXT) or f in (".ci/run", "run.sh")]
     return [f for f in files if f.is_file() and f != Path(__file__)]  # not this file's own examples
+
+
+def tree_files() -> list[str]:
+    return sorted(p.relative_to(REPO).as_posix() for p in REPO.rglob("*")
+                  if p.is_file() and not _ignored(p.relative_to(REPO)))
+
+
+def test_the_file_list_without_git_is_what_git_would_list():
+    """tree_files (used where there is no git) gives git's tracked and untracked, not ignored, files."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no git here to compare with (this is the case tree_files is for)")
+    assert tree_files() == sorted(f for f in set(out.splitlines()) if (REPO / f).is_file())
+
+
+def _ignored(rel: Path) -> bool:
+    """What .gitignore leaves out (and git's own folder, and tools' caches that ignore themselves
+    with a .gitignore of "*"), for the list without git."""
+    parts = rel.parts
+    return (parts[0] in (".git", "data", "runs", ".pytest_cache") or rel.as_posix().startswith("results/demo-smoke/")
+            or any(p == ".venv" or p.startswith(".venv-") or p == "__pycache__" or p.endswith(".egg-info")
+                   for p in parts) or rel.name.endswith(".partial")
+            or any(_ignores_itself(REPO.joinpath(*parts[:i])) for i in range(1, len(parts))))
+
+
+def _ignores_itself(folder: Path) -> bool:
+    ignore = folder / ".gitignore"
+    return ignore.is_file() and "*" in ignore.read_text().split()
 
 
 def slug(heading: str) -> str:
