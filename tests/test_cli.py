@@ -1,6 +1,8 @@
 """Every subcommand: --help explains it; bad input is one line and a non-zero exit."""
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,23 @@ def test_run_sh_unknown_command_prints_usage_and_fails():
     assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr and "setup" in r.stderr
     r = subprocess.run(["bash", str(REPO / "run.sh")], capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_setup_says_what_to_do_when_the_dependencies_do_not_install(tmp_path):
+    """A Python newer than some package's wheels (h5py had none for 3.15.0 on 2026-11-27): pip
+    fails to build it, and setup ends with what to do instead of pip's output alone. Here a venv
+    whose python runs the real one but fails every pip install stands in for it."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "python"
+    stub.write_text(f'#!/bin/bash\nif [[ "$1 $2" == "-m pip" ]]; then echo "pip: no wheel, build failed" >&2; exit 1; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+    stub.chmod(0o755)
+    r = subprocess.run(["bash", str(REPO / "run.sh"), "setup"], capture_output=True, text=True,
+                       env={**os.environ, "REPRO_VENV": str(venv)}, timeout=120)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("setup: the project's own dependencies did not install on Python 3.") and "HDF5_DIR" in last
 
 
 def test_run_commands_fail_in_one_line(tiny_run, tiny_shards, tmp_path, capsys):

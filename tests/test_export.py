@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def onnx_packages():
     for name in ("onnx", "onnxscript", "onnxruntime"):
-        pytest.importorskip(name, reason=f"{name} is in setup.py's test extra; ./run.sh setup installs it")
+        pytest.importorskip(name, reason=f"{name} is not installed (setup.py's test extra: ./run.sh setup "
+                                         f"installs it where it has a wheel for this Python)")
 
 
 def inputs(root, n: int = 3):
