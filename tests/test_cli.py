@@ -1,5 +1,6 @@
 """Every subcommand: --help explains it; bad input is one line and a non-zero exit."""
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -74,10 +75,12 @@ def test_setup_says_what_to_do_when_the_dependencies_do_not_install(tmp_path):
     (venv / "bin").mkdir(parents=True)
     stub = venv / "bin" / "python"
     stub.write_text(f'#!/bin/bash\nif [[ "$1 $2" == "-m pip" ]]; then echo "pip: no wheel, build failed" >&2; exit 1; fi\n'
-                    f'exec {sys.executable} "$@"\n')
+                    f'exec {shlex.quote(sys.executable)} "$@"\n')
     stub.chmod(0o755)
+    # an active venv or conda environment would be used instead of REPRO_VENV (and installed into)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "REPRO_NO_VENV", "PYTHON")}
     r = subprocess.run(["bash", str(REPO / "run.sh"), "setup"], capture_output=True, text=True,
-                       env={**os.environ, "REPRO_VENV": str(venv)}, timeout=120)
+                       env={**env, "REPRO_VENV": str(venv)}, timeout=120)
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("setup: the project's own dependencies did not install on Python 3.") and "HDF5_DIR" in last

@@ -261,8 +261,11 @@ def _never_ends(rank, world):
     time.sleep(600)
 
 
-def test_gloo_helper_reports_a_failing_rank_and_ends_the_one_waiting_for_it():
-    with pytest.raises(RuntimeError, match=r"(?s)rank 1 of 2 exited with code 1.*rank one fails on purpose"):
+def test_gloo_helper_reports_the_failing_ranks_traceback():
+    """Rank 1 fails; rank 0, waiting for it in a barrier, fails in turn (or is ended): the error
+    holds rank 1's own traceback, whichever rank was noticed first."""
+    with pytest.raises(RuntimeError, match=r"(?s)gloo rank 1 of 2 \(exited with code 1\) failed:.*"
+                                           r"ValueError: rank one fails on purpose"):
         run_gloo(_fails_on_rank_one, 2)
 
 

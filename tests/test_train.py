@@ -181,13 +181,26 @@ UNRESOLVABLE = "no-such-host.invalid"  # .invalid never resolves (RFC 2606)
 
 
 def with_unresolvable_host_name(command: list[str]) -> list[str] | None:
-    """`command` run in a new UTS namespace whose host name does not resolve (`unshare --uts`:
-    root, or user namespaces), or None where this machine cannot make one."""
+    """`command` run in a new UTS namespace whose host name does not resolve (`unshare --uts` as
+    root, else inside a user namespace), or None where this machine can make neither."""
     unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "--uts", "hostname", UNRESOLVABLE],
-                                         capture_output=True).returncode != 0:
-        return None
-    return [unshare, "--uts", "sh", "-c", f'hostname {UNRESOLVABLE} && exec "$@"', "sh", *command]
+    for how in (["--uts"], ["--user", "--map-root-user", "--uts"]):
+        if unshare and subprocess.run([unshare, *how, "hostname", UNRESOLVABLE], capture_output=True).returncode == 0:
+            return [unshare, *how, "sh", "-c", f'hostname {UNRESOLVABLE} && exec "$@"', "sh", *command]
+    return None
+
+
+def run_launcher(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a launcher in its own process group, so that on a timeout its workers end with it."""
+    p = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(command, p.returncode, out, err)
 
 
 def host_name_resolves() -> bool:
@@ -200,19 +213,31 @@ def host_name_resolves() -> bool:
 
 @pytest.mark.slow
 def test_nproc_launches_one_tower_per_process(tiny_shards, tmp_path, one_process):
-    """./run.sh train --nproc 2: torchrun starts two gloo processes, one tower each. Where the
-    machine lets it (root), under a host name that does not resolve, as in some containers: there
-    torchrun waits for minutes unless told an address (repro.train.launch_local)."""
+    """./run.sh train --nproc 2: torchrun starts two gloo processes, one tower each."""
     run = tmp_path / "np2"
     args = [sys.executable, "-m", "repro", "train", "--nproc", "2", *launch_args(tiny_shards, run)]
-    r = subprocess.run(with_unresolvable_host_name(args) or args, cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+    r = run_launcher(args, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = checkpoint.latest(run)
     assert sorted(p.name for p in ckpt.iterdir()) == [checkpoint.DIGESTS, "state.pt", "tower0.pt", "tower1.pt"]
     assert checkpoint.read_state(ckpt)["step"] == 3 and str(ckpt) in r.stdout
     assert json.loads((run / rundir.PROVENANCE).read_text())["world_size"] == 2
     assert_same_weights(weights(run), one_process)
+
+
+@pytest.mark.slow
+def test_nproc_launch_needs_no_resolvable_host_name(tiny_shards, tmp_path):
+    """Under a host name that does not resolve, as in some containers and chroots, torchrun waits
+    for minutes unless told an address; --nproc tells it 127.0.0.1 (repro.train.launch_local)."""
+    run = tmp_path / "nodns"
+    args = [sys.executable, "-m", "repro", "train", "--nproc", "2",
+            *launch_args(tiny_shards, run, "train.max_steps=1")]
+    command = with_unresolvable_host_name(args)
+    if command is None:
+        pytest.skip("needs `unshare --uts` (root or user namespaces) to give the launch a host name that does not resolve")
+    r = run_launcher(command, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert checkpoint.read_state(checkpoint.latest(run))["step"] == 1
 
 
 def free_port() -> int:
