@@ -67,6 +67,7 @@ def test_run_sh_unknown_command_prints_usage_and_fails():
     assert r.returncode == 2 and "usage" in r.stderr
 
 
+@pytest.mark.slow
 def test_setup_says_what_to_do_when_the_dependencies_do_not_install(tmp_path):
     """A Python newer than some package's wheels (h5py had none for 3.15.0 on 2026-11-27): pip
     fails to build it, and setup ends with what to do instead of pip's output alone. Here a venv

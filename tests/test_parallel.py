@@ -261,6 +261,7 @@ def _never_ends(rank, world):
     time.sleep(600)
 
 
+@pytest.mark.slow
 def test_gloo_helper_reports_the_failing_ranks_traceback():
     """Rank 1 fails; rank 0, waiting for it in a barrier, fails in turn (or is ended): the error
     holds rank 1's own traceback, whichever rank was noticed first."""
@@ -269,6 +270,7 @@ def test_gloo_helper_reports_the_failing_ranks_traceback():
         run_gloo(_fails_on_rank_one, 2)
 
 
+@pytest.mark.slow
 def test_gloo_helper_ends_processes_still_running_at_its_deadline():
     with pytest.raises(TimeoutError, match=r"_never_ends in 2 gloo processes not finished after 3 s: "
                                            r"rank 0: running \(pid \d+\), rank 1: running"):
