@@ -77,27 +77,34 @@ def _duration(seconds: float) -> str:
     return f"{h} h {m:02d} min"
 
 
+def write_inputs(tmp: Path, jpegs: list[bytes], n_classes: int = 10) -> tuple[list[Path], int]:
+    """The JPEGs twice: as ILSVRC-2012 archives in tmp/src (prepare's input; 2% of them, at
+    least one per class, the validation set) and as plain files in tmp/files (the naive loop's).
+    Returns the files and the number of training images."""
+    n_val = max(n_classes, len(jpegs) // 50)
+    per_class = (len(jpegs) - n_val) // n_classes
+    wnids = fake.random_classes(n_classes)
+    k = iter(jpegs)
+    train = {w: [(f"{w}_{j + 1}.JPEG", next(k)) for j in range(per_class)] for w in wnids}
+    val = [(wnids[j % n_classes], b) for j, b in enumerate(k)]
+    fake.write_ilsvrc2012(tmp / "src", train, val)
+    (tmp / "files").mkdir()
+    files = []
+    for name, data in [x for v in train.values() for x in v] + [(f"val_{j}.JPEG", b) for j, (_, b) in enumerate(val)]:
+        files.append(tmp / "files" / name)
+        files[-1].write_bytes(data)
+    return files, per_class * n_classes
+
+
 def run(quick: bool = False, images: int | None = None, repeats: int | None = None) -> list[dict]:
     n = images or (240 if quick else 3000)
     repeats = repeats or (1 if quick else 5)
     workers = os.cpu_count() or 1
-    n_classes = 10
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         jpegs = make_images(n)
-        n_val = max(n_classes, n // 50)
-        per_class = (n - n_val) // n_classes
-        wnids = fake.random_classes(n_classes)
-        k = iter(jpegs)
-        train = {w: [(f"{w}_{j + 1}.JPEG", next(k)) for j in range(per_class)] for w in wnids}
-        val = [(wnids[j % n_classes], b) for j, b in enumerate(k)]
-        fake.write_ilsvrc2012(tmp / "src", train, val)
-        files = []
-        for name, data in [x for v in train.values() for x in v] + [(f"val_{j}.JPEG", b) for j, (_, b) in enumerate(val)]:
-            (tmp / "files").mkdir(exist_ok=True)
-            files.append(tmp / "files" / name)
-            files[-1].write_bytes(data)
+        files, _ = write_inputs(tmp, jpegs)
         total = len(files)
         # Four shards per worker, so that they end together, but no smaller than that: the real run
         # writes 1024-image shards, and tiny ones would weigh each shard's fixed costs (creating
@@ -115,8 +122,9 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
             summary = prepare.prepare(prepare.Options(tmp / "src", out, workers=workers, shard_size=shard_size,
                                                       quiet=True))
             project = max(project, total / (time.perf_counter() - t))
-            if (_cpu() - c) / total < cpu_project:
-                cpu_project, cpu_main = (_cpu() - c) / total, (_cpu(children=False) - main) / total
+            cpu, cpu_of_main = (_cpu() - c) / total, (_cpu(children=False) - main) / total
+            if cpu < cpu_project:
+                cpu_project, cpu_main = cpu, cpu_of_main
             assert summary.complete and sum(summary.counts.values()) == total
             shutil.rmtree(out)
         mean_kb = sum(len(b) for b in jpegs) / len(jpegs) / 1024
@@ -160,19 +168,10 @@ def profile_stages(images: int = 800) -> dict[str, float]:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_profile_"))
     try:
-        jpegs = make_images(images)
-        wnids = fake.random_classes(10)
-        per_class = (images - 40) // 10
-        k = iter(jpegs)
-        train = {w: [(f"{w}_{j + 1}.JPEG", next(k)) for j in range(per_class)] for w in wnids}
-        fake.write_ilsvrc2012(tmp / "src", train, [(wnids[j % 10], b) for j, b in enumerate(k)])
+        paths, n_train = write_inputs(tmp, make_images(images))
         options = prepare.Options(tmp / "src", tmp / "out", workers=1, shard_size=400, quiet=True)
         profiler = cProfile.Profile()
         profiler.runcall(prepare.prepare, options)
-        (tmp / "files").mkdir()
-        paths = [tmp / "files" / f"{i}.JPEG" for i in range(len(jpegs))]
-        for path, data in zip(paths, jpegs):
-            path.write_bytes(data)
         naive = cProfile.Profile()
         naive.runcall(naive_loop, paths)
     finally:
@@ -188,7 +187,7 @@ def profile_stages(images: int = 800) -> dict[str, float]:
         return seconds / images * 1e3
 
     out = {stage: ms(profiler, name, which) for stage, (name, which) in STAGES.items()}
-    out["exact sums for the mean and covariance (per training image)"] *= images / (per_class * 10)  # training images only
+    out["exact sums for the mean and covariance (per training image)"] *= images / n_train  # training images only
     out["the naive loop's resizing (the whole image, then the crop)"] = ms(naive, *STAGES["resizing (Pillow's two passes)"])
     return out
 
