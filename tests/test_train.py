@@ -260,13 +260,15 @@ def test_multi_node_launch_line_on_localhost(tiny_shards, tmp_path, one_process)
             *([] if host_name_resolves() else ["--local-addr", "127.0.0.1"]),
             "-m", "repro", "train", *launch_args(tiny_shards, run)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    agents = [subprocess.Popen(line, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for _ in range(2)]
+    agents = [subprocess.Popen(line, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True) for _ in range(2)]
     try:
         outs = [a.communicate(timeout=300)[0] for a in agents]
     finally:
-        for a in agents:
-            a.kill()
+        for a in agents:  # an agent still running (a timeout): with its workers, its process group
+            if a.poll() is None:
+                os.killpg(a.pid, signal.SIGKILL)
+                a.wait()
     assert all(a.returncode == 0 for a in agents), "\n".join(o[-2000:] for o in outs)
     prov = json.loads((run / rundir.PROVENANCE).read_text())
     assert prov["world_size"] == 4 and prov["placement"] == "Distributed"
