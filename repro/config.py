@@ -185,20 +185,23 @@ class SpeedConfig:
     benchmarks/bench_train_step.py measures them; on a CPU turn channels_last on
     (paper_configs/demo.toml does)."""
     bf16: bool = opt(False)  # autocast on GPUs
+    # torch.compile of the model; it made every setting slower on an H100 and an H200
+    # (results/gpu/: 4,861 img/s against 5,200 uncompiled, float32 on the H100)
     compile: bool = opt(False)
     # activations stored [B, H, W, C] (the loader's layout): faster convolutions and pooling on
     # CPUs (tests/test_speed.py: same logits and gradients as contiguous NCHW)
     channels_last: bool = opt(False)
     # one device on a CPU: the single-module emulation of both towers with grouped convolutions
     # (AlexNet(grouped=True); tests/test_parallel.py). Checkpoints keep the two-tower form. On a
-    # GPU the towers run apart, which cuDNN does faster (results/gpu/NVIDIA-H200.quick.json: 1.06x).
+    # GPU the towers run apart, which cuDNN does faster (results/gpu/: 1.11x on an H100, 1.06x on
+    # an H200).
     grouped: bool = opt(True)
     # GPUs: TF32 in cuDNN's convolutions and cuBLAS's matmuls (inputs rounded to a 10-bit
     # mantissa). Off: the paper's float32, whatever torch's own default (cuDNN allows TF32 unless
     # told not to; repro.model.set_precision tells it)
     tf32: bool = opt(False)
-    # GPUs: let cuDNN time its algorithms and keep the fastest (1.15x over the default step on an
-    # H200, results/gpu/NVIDIA-H200.quick.json); the choice can differ between runs, so float32
+    # GPUs: let cuDNN time its algorithms and keep the fastest (over the default step: 1.17x on an
+    # H100, 1.15x on an H200, results/gpu/); the choice can differ between runs, so float32
     # results are no longer repeatable bit for bit
     cudnn_benchmark: bool = opt(False)
     fast_lrn: bool = opt(True)  # equal to the reference LRN within 1e-6 (tests/test_lrn.py)
