@@ -1,7 +1,7 @@
 """Benchmark: one training step of AlexNet (forward, backward, update; batch 128; float32; CPU)
 as this project's trainer runs it on one device, against a naive faithful baseline, in one run.
 
-    python benchmarks/bench_train_step.py [--quick] [--json]
+    python benchmarks/bench_train_step.py [--quick] [--json] [--switches [NAME ...]]
 
 - project: the paper's two-tower model as repro.train.build_model makes it with the default
   config plus speed.channels_last (off by default, as the paper's recipe comes first; on in
@@ -18,6 +18,9 @@ as this project's trainer runs it on one device, against a naive faithful baseli
 - matmul: the CPU's matrix rate, measured interleaved with the steps: the fastest of float32
   matrix products through MKL (torch.mm) and oneDNN (its matmul; a 1x1 convolution), each of
   about the work of half a step. (On this project's AMD CPU, oneDNN ran at twice MKL's rate.)
+
+--switches times each CPU speed switch alone instead (the step as above against the same step
+with that one switch flipped), so that a claim about one switch can be checked on any machine.
 
 Model FLOP/s counts the two-tower model's training FLOPs from the layer shapes (repro.estimate:
 2 FLOPs per multiply-add; backward = 2 x forward, conv1 without its input gradient), not the
@@ -39,7 +42,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from repro import estimate  # noqa: E402
+from repro import estimate, machine  # noqa: E402
 from repro.baseline import naive_alexnet  # noqa: E402
 from repro.bench import interleaved_medians  # noqa: E402
 from repro.config import Config, SpeedConfig  # noqa: E402
@@ -178,6 +181,46 @@ def breakdown_rows(project, baseline, shape: str, steps: tuple[float, float]) ->
              "ratio": (bt - bc) / (pt - pc), "what": f"the rest of the step: LRN, pooling, fc, update ({shape})"}]
 
 
+# The [speed] switches that act on a CPU step and can be flipped inside one process
+# (keep_freed_memory is a process setting, so it would help both sides; bf16, compile, tf32 and
+# cudnn_benchmark act on GPUs: `./run.sh bench --gpu` measures those).
+CPU_SWITCHES = ("grouped", "channels_last", "fast_lrn", "fast_conv1", "fast_fc")
+
+
+def switch_rows(names, batch: int, repeats: int) -> list[dict]:
+    """Each [speed] switch on its own: the project's step as measure() configures it, against the
+    same step with only that switch flipped, timed interleaved in one run (ratio > 1: the
+    benchmark's setting of the switch is the faster one on this machine)."""
+    unknown = [n for n in names if n not in CPU_SWITCHES]
+    if unknown:
+        raise ValueError(f"unknown switch {unknown[0]!r}: choose from {', '.join(CPU_SWITCHES)}")
+    cfg = Config()
+    cfg.speed.channels_last = True  # as measure()
+    if cfg.speed.keep_freed_memory:
+        keep_freed_memory()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 224, 224, 3, generator=gen) * 60
+    labels = torch.randint(0, CLASSES, (batch,), generator=gen)
+    loader_view = images.permute(0, 3, 1, 2)
+
+    def step_of(c: Config):
+        model = build_model(c, OneDevice("cpu"))
+        return step_fn(model, PaperSGD.from_config(model, c.optim), loader_view, labels,
+                       lambda: model.reseed_dropout(1))
+
+    rows = []
+    for name in names:
+        setting = getattr(cfg.speed, name)
+        flipped = dataclasses.replace(cfg, speed=dataclasses.replace(cfg.speed, **{name: not setting}))
+        t = interleaved_medians({"project": step_of(cfg), "flipped": step_of(flipped)}, repeats=repeats)
+        rows.append({"name": f"switch_{name}", "unit": "img/s", "project": batch / t["project"],
+                     "baseline": batch / t["flipped"], "ratio": t["flipped"] / t["project"],
+                     "repeats": repeats,
+                     "what": f"train step (batch {batch}, fp32, CPU) with speed.{name} = {setting} "
+                             f"vs the same with speed.{name} = {not setting}"})
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     if quick:  # a smoke run for CI: small batch, two timed repetitions
         return measure(batch=16, repeats=2, with_plain=False)
@@ -188,11 +231,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="batch 16, 2 repetitions, no 'plain' row")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--switches", nargs="*", metavar="NAME",
+                   help="instead: each [speed] switch alone, the step with it as set here against "
+                        f"the step with it flipped (default: all of {', '.join(CPU_SWITCHES)})")
     args = p.parse_args(argv)
-    rows = run(args.quick)
+    if args.switches is not None:
+        try:
+            rows = switch_rows(args.switches or CPU_SWITCHES, *((16, 2) if args.quick else (128, 5)))
+        except ValueError as e:
+            p.error(str(e))
+    else:
+        rows = run(args.quick)
+    header = machine.describe()
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([{**r, "machine": header} for r in rows], indent=1))
         return 0
+    print(f"machine: {header}")
     for r in rows:
         print(f"{r['what']}: project {r['project']:.1f} {r['unit']}, baseline {r['baseline']:.1f} "
               f"{r['unit']}, ratio {r['ratio']:.2f}x" + (f" (median of {r['repeats']})" if 'repeats' in r else " (convolutions: quickest of 3 profiled steps)"))

@@ -105,6 +105,20 @@ def test_real_train_step_benchmark_rows_at_a_small_size():
     assert rows[2]["baseline"] == pytest.approx(max(rows[2]["matmul_gflop_s"].values()))
 
 
+def test_train_step_switches_time_each_switch_against_its_flip():
+    """bench_train_step.py --switches: one row per switch, the step as the benchmark sets it
+    against the same step with that switch flipped (batch 2, one repetition: rows, not times)."""
+    module = bench.load("train_step")
+    rows = module.switch_rows(["fast_conv1", "grouped"], batch=2, repeats=1)
+    assert [r["name"] for r in rows] == ["switch_fast_conv1", "switch_grouped"]
+    assert "speed.fast_conv1 = True vs the same with speed.fast_conv1 = False" in rows[0]["what"]
+    for r in rows:
+        assert set(bench.ROW_KEYS) <= set(r) and r["project"] > 0 and r["baseline"] > 0
+        assert r["ratio"] == pytest.approx(r["project"] / r["baseline"])
+    with pytest.raises(ValueError, match="unknown switch 'keep_freed_memory'"):
+        module.switch_rows(["keep_freed_memory"], batch=2, repeats=1)
+
+
 def test_prepare_profile_names_stages_it_finds():
     """benchmarks/bench_prepare.py --profile: every stage is found in the profile (a renamed
     Pillow or h5py function would read 0 ms) and the parts lie within the whole."""
