@@ -1,9 +1,13 @@
 """conv1's weight gradient by space-to-depth (a speed path: the same function, computed faster).
 
-conv1 (section 3.5: 11x11 kernels, stride 4, on the 3 colour channels) is the one layer whose
-weight gradient the CPU library computes badly: on this project's 2-core CPU, oneDNN took
-0.4-2 s for it at batch 128 where the forward takes 0.15 s (benchmarks/bench_train_step.py
-shows the effect on a whole step). Rearranged, the same sum is an ordinary convolution:
+conv1 (section 3.5: 11x11 kernels, stride 4, on the 3 colour channels) is the layer whose
+weight gradient CPU libraries have computed badly: on this project's 2-core CPU an earlier
+measurement found oneDNN taking 0.4-2 s for it at batch 128 where the forward takes 0.15 s.
+With torch 2.13 the library's own routine is about as fast: this path gains 2% of a training
+step with AVX-512 and nothing under AVX2 (`python benchmarks/bench_train_step.py --switches
+fast_conv1`; results/bench/amd-epyc-2core-*.switches.json). It stays on: it costs nothing
+measurable here and guards against a library that is slow at it, as that earlier one was.
+Rearranged, the same sum is an ordinary convolution:
 
     a stride-s convolution with k x k kernels over C channels equals a stride-1 convolution
     with ceil(k/s) x ceil(k/s) kernels over s*s*C channels, the input cut into s x s blocks
