@@ -915,9 +915,9 @@ def _pipeline_config(ctx: Context, root: Path, **data_or_augment) -> Config:
 
 
 def _trainer_fn(ctx: Context, run, x, y) -> Callable[[], None]:
-    """repro.train.train_step as the trainer calls it, with its metrics window: the loss is read
-    every step (its finiteness check waits for the backward pass), the window's error counts once
-    per call, as at a metrics line."""
+    """repro.train.train_step as the trainer calls it, with its metrics window: each step's loss is
+    copied to the host without waiting and checked in the next step; the window's loss and error
+    counts are read once per call, as at a metrics line."""
     from repro import train
 
     stop = _NoStop()
@@ -991,9 +991,9 @@ def _pipeline_rows(ctx: Context, run, root: Path, cfg: Config) -> list[dict]:
     alone = _images_per_s(ctx, t["trainer"])
     ctx.measured["step_trainer"] = alone
     rows = [speed_row("step_host_sync", f"train step, batch {ctx.sizes.batch}, paper config: without host reads "
-                      "vs repro.train.train_step (loss.item() every step, the error counts once per call)",
+                      "vs repro.train.train_step (each loss checked a step late, the window read once per call)",
                       "img/s", _images_per_s(ctx, t["free"]), alone,
-                      note="ratio > 1: what reading the GPU every step costs")]
+                      note="ratio > 1: what the trainer's host reads cost")]
     cores = machine.usable_cores()
     more = ctx.sizes.extra_workers or max(cfg.data.workers + 1, min(12, cores - 2))
     first = 0 if ctx.sizes.reduced else cfg.data.workers  # reduced: read in the main process

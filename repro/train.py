@@ -152,6 +152,7 @@ class Run:
     metrics: rundir.Metrics | None  # the writer's metrics.jsonl
     lock: rundir.RunLock | None  # the writer's hold on the run directory
     watch: Watch | None = None  # the writer's TensorBoard files (train.tensorboard, if installed)
+    pending: "PendingLoss | None" = None  # the last step's loss, on its way to the host
 
     @property
     def device(self) -> torch.device:
@@ -395,6 +396,8 @@ def train_epoch(run: Run, stop: StopRequest) -> str | None:
             loss, logits, stop_now = train_step(run, x, y, stop)
             window.add(loss, logits, y, len(y) * run.parts, ready - waited, time.perf_counter() - waited)
             bar.update(len(y) * run.parts)  # images of this step, over every data-parallel pair
+            if pos.step % cfg.train.log_every == 0:
+                check_loss(run)  # in every process alike: no non-finite loss reaches a metrics line
             if run.metrics and pos.step % cfg.train.log_every == 0:
                 row = {"epoch": epoch + pos.step_in_epoch / run.steps, "lr": run.schedule.lr(epoch), **window.flush()}
                 run.metrics.write("train", step=pos.step, **row)
@@ -416,9 +419,17 @@ def inputs(run: Run, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return x, batch.labels.to(run.device, non_blocking=True)
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, stop: StopRequest) -> tuple[float, torch.Tensor, bool]:
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, stop: StopRequest) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One step of SGD (forward, backward, gradients averaged over data-parallel pairs, update).
-    Returns the loss, the logits, and whether to stop now (every process decides alike)."""
+    Returns the loss (a 0-d tensor on the device), the logits, and whether to stop now (every
+    process decides alike).
+
+    The loss is checked one step late: each step's loss is copied to the host without waiting
+    (PendingLoss), and the next step reads it once its own backward pass is queued. On a GPU the
+    host then never waits in the middle of a step (reading the loss before the update made the
+    GPU idle while the host queued the next step: 6% of the step on an H100, the GPU check's
+    step_host_sync). A non-finite loss stops the run at the next step, or before any checkpoint,
+    validation or stop, so the weights it produced are never saved or evaluated."""
     pos, cfg = run.pos, run.cfg
     run.model.reseed_dropout(_mix(cfg.train.seed, pos.epoch, pos.step_in_epoch, 0), data.part_rows(cfg, run.part, run.parts))
     autocast = (torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and run.device.type == "cuda"
@@ -429,21 +440,63 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, stop: StopRequest) ->
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.placement.sync_gradients(run.model)
-    value = loss.item()
-    bad, stop_now = _agree(run.distributed, not math.isfinite(value), stop.requested, run.device)
-    if bad:
-        raise UserError(
-            f"loss became {value} at step {pos.step + 1} (epoch {pos.epoch + 1}); stopped without "
-            f"saving these weights; last good checkpoint: {checkpoint.latest(run.run_dir)}. Try a lower optim.lr")
+    if run.pending is None:
+        run.pending = PendingLoss()
+    stop_now = check_loss(run, stop.requested)  # the step before's
     run.optimizer.step()
     pos.step += 1
     pos.step_in_epoch += 1
-    return value, logits.detach(), stop_now
+    run.pending.put(loss, pos.step, pos.epoch)
+    return loss.detach(), logits.detach(), stop_now
+
+
+class PendingLoss:
+    """A step's loss on its way to the host: copied without waiting (into pinned memory, with
+    an event on a GPU), read later by `take`, which waits for that copy only."""
+
+    def __init__(self):
+        self.host = self.event = None
+        self.step = self.epoch = 0
+
+    def put(self, loss: torch.Tensor, step: int, epoch: int) -> None:
+        self.step, self.epoch = step, epoch
+        if loss.device.type == "cuda":
+            self.host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+            self.host.copy_(loss.detach(), non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host, self.event = loss.detach(), None
+
+    def take(self) -> float | None:
+        """The loss put last (None if none since the last take)."""
+        if self.host is None:
+            return None
+        if self.event is not None:
+            self.event.synchronize()
+        value, self.host, self.event = self.host.item(), None, None
+        return value
+
+
+def check_loss(run: Run, stop: bool = False) -> bool:
+    """Read the last step's loss, if not read yet, and end the run with a UserError if it is not
+    finite in any process. Returns whether to stop now, as every process agreed."""
+    pending = run.pending
+    value = pending.take() if pending else None
+    mine = value is not None and not math.isfinite(value)
+    bad, stop_now = _agree(run.distributed, mine, stop, run.device)
+    if bad:
+        what = f"loss became {value}" if mine else "loss became infinite or NaN in another process"
+        raise UserError(
+            f"{what} at step {pending.step} (epoch {pending.epoch + 1}); stopped without saving these "
+            f"weights; last good checkpoint: {checkpoint.latest(run.run_dir)}. Try a lower optim.lr")
+    return stop_now
 
 
 def end_epoch(run: Run) -> None:
     """Validation (centre crop), the schedule's decision, the metrics line, a checkpoint."""
     epoch = run.pos.epoch
+    check_loss(run)  # the epoch's last step: never validate or save weights from a non-finite loss
     val = validate(run.model, run.cfg, run.data_root, run.normalizer)
     run.pos.epoch, run.pos.step_in_epoch = epoch + 1, 0
     reduced = run.schedule.end_epoch(run.pos.epoch, val.top1)
@@ -465,6 +518,7 @@ def save_checkpoint(run: Run) -> Path | None:
     """Checkpoint the weights, velocities, schedule and position; never a diverged model. In a
     distributed run pair 0 writes (the other pairs hold the same weights), the writer last."""
     pos = run.pos
+    check_loss(run)  # the last step's loss first (train_step checks it one step late)
     finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
     if _agree(run.distributed, not finite, False, run.device)[0]:
         raise UserError(f"the weights became infinite or NaN at step {pos.step} (epoch {pos.epoch + 1}); "
@@ -520,8 +574,9 @@ class _Window:
 
     def __init__(self):
         self.steps = self.rows = self.images = 0
-        self.loss = self.wait = self.busy = 0.0
-        self.misses = None  # top-1 and top-5 misses, summed on the device: read once, in flush()
+        self.wait = self.busy = 0.0
+        # summed on the device, read once, in flush(): the loss and the top-1 and top-5 misses
+        self.loss = self.misses = None
 
     def add(self, loss, logits, labels, images, wait, total):
         misses = evaluate.topk_misses(logits, labels)  # no wait for the GPU here, every step
@@ -529,13 +584,15 @@ class _Window:
         self.steps += 1
         self.rows += len(labels)
         self.images += images  # over all data-parallel parts
-        self.loss += loss
+        loss = loss.detach().double()
+        self.loss = loss if self.loss is None else self.loss + loss
         self.wait += wait
         self.busy += total
 
     def flush(self) -> dict:
         miss1, miss5 = self.misses.tolist() if self.misses is not None else (0, 0)
-        out = {"loss": self.loss / max(self.steps, 1), "top1_error": miss1 / max(self.rows, 1),
+        loss = self.loss.item() if self.loss is not None else 0.0
+        out = {"loss": loss / max(self.steps, 1), "top1_error": miss1 / max(self.rows, 1),
                "top5_error": miss5 / max(self.rows, 1),
                "img_per_s": self.images / max(self.busy, 1e-9), "data_wait_s": self.wait,
                "data_wait_share": self.wait / max(self.busy, 1e-9)}

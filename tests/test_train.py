@@ -1,5 +1,6 @@
 """Training (section 5): learning, exact resume, signals, NaN, distributed pairs. Tiny scale."""
 import json
+import math
 import os
 import re
 import shutil
@@ -122,6 +123,44 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_shards, tmp_path):
     assert state["step"] == bad_step - 1  # the last step whose loss and weights were finite
     assert all(torch.isfinite(v).all() for v in weights(run).values())
     assert str(checkpoint.latest(run)) in str(e.value)
+
+
+def test_each_loss_is_read_only_after_its_update_is_queued(tiny_shards, tmp_path, monkeypatch):
+    """train_step checks a step's loss one step late (on a GPU the host then never waits for the
+    GPU mid-step): the loss of step N is read in step N + 1, after its backward pass, or before a
+    checkpoint; never while step N is still being computed."""
+    from repro import train as train_module
+
+    reads, check = [], train_module.check_loss
+
+    def spy(run, stop=False):
+        if run.pending is not None and run.pending.host is not None:
+            reads.append((run.pending.step, run.pos.step))  # (whose loss, steps done so far)
+        return check(run, stop)
+
+    monkeypatch.setattr(train_module, "check_loss", spy)
+    train(small_config("train.max_steps=3", "train.log_every=100", "train.checkpoint_every=0"),
+          tiny_shards, tmp_path / "r")
+    assert reads == [(1, 1), (2, 2), (3, 3)]  # step 3's at the checkpoint that train.max_steps asks for
+
+
+def test_a_non_finite_loss_reaches_no_checkpoint_and_no_metrics_line(tiny_shards, tmp_path):
+    """With the check one step late: a run whose loss turns non-finite at the step where
+    train.max_steps ends it (the checkpoint follows at once) or that logs every step."""
+    run = tmp_path / "nan"
+    train(small_config("train.max_steps=1"), tiny_shards, run)
+    for steps in range(2, 6):
+        try:
+            train(rundir.read_config(run, ["optim.lr=1e30", f"train.max_steps={steps}",
+                                           "train.checkpoint_every=0", "train.log_every=1"]),
+                  tiny_shards, run, resume=True)
+        except UserError as e:
+            assert re.search(r"(loss|weights) became .* at step (\d+)", str(e))
+            break
+    else:
+        pytest.fail("the loss never became non-finite at lr 1e30")
+    assert all(torch.isfinite(v).all() for v in weights(run).values())
+    assert all(math.isfinite(r["loss"]) for r in rundir.read_metrics(run, "train"))
 
 
 @pytest.mark.slow
@@ -343,16 +382,18 @@ def test_the_trainer_sets_each_groups_rate_from_the_schedule(tiny_shards, tmp_pa
 
 
 def test_the_metrics_window_counts_errors_on_the_device_and_reads_them_at_its_line():
-    """repro.train._Window keeps the top-1/top-5 misses as a tensor (no host read per step, which on a
-    GPU would wait for the update); its line gives the errors of all its steps' rows together."""
+    """repro.train._Window keeps the loss and the top-1/top-5 misses as tensors (no host read per
+    step, which on a GPU would wait for the update); its line gives the mean loss of its steps and
+    the errors of all its steps' rows together."""
     gen = torch.Generator().manual_seed(0)
     window, logits, labels = _Window(), [], []
     for rows in (5, 7, 4):
         logits.append(torch.randn(rows, 10, generator=gen))
         labels.append(torch.randint(0, 10, (rows,), generator=gen))
-        window.add(1.0, logits[-1], labels[-1], rows, 0.0, 1.0)
-        assert isinstance(window.misses, torch.Tensor)
+        window.add(torch.tensor(float(rows)), logits[-1], labels[-1], rows, 0.0, 1.0)
+        assert isinstance(window.misses, torch.Tensor) and isinstance(window.loss, torch.Tensor)
     line = window.flush()
+    assert line["loss"] == pytest.approx(16 / 3)
     whole = evaluate.topk_errors(torch.cat(logits), torch.cat(labels))
     assert (line["top1_error"], line["top5_error"]) == (whole[1], whole[5]) and 0 < whole[5] < whole[1] < 1
-    assert window.misses is None and window.flush()["top1_error"] == 0
+    assert window.misses is None and window.flush()["top1_error"] == 0 and window.loss is None
