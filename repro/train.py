@@ -464,7 +464,7 @@ class PendingLoss:
             self.host = torch.empty((), dtype=loss.dtype, pin_memory=True)
             self.host.copy_(loss.detach(), non_blocking=True)
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(loss.device))  # the copy's stream (TwoDevices: cuda:1's)
         else:
             self.host, self.event = loss.detach(), None
 
