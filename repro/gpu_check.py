@@ -34,10 +34,10 @@ with CUDA synchronisation), batch 128:
     lrn_*                     the fast LRN, the plain one and a torch.compile'd (fused) one
                               against torch.nn.LocalResponseNorm
     step_host_sync, pipeline_*
-                              repro.train's own train_step (its loss.item() reads the GPU every
-                              step; its error counts at metrics lines) against the same step
-                              without host reads; the
-                              whole path: shards -> loader workers -> Normalizer -> train_step
+                              repro.train's own train_step (each loss copied to the host
+                              without waiting and checked a step late; loss and error counts
+                              read at metrics lines) against the same step without host reads;
+                              the whole path: shards -> loader workers -> Normalizer -> train_step
     memory_*                  peak GPU memory per tower (torch.cuda.max_memory_allocated)
     profile_*                 the share of a step the GPU is busy, and the top kernels (JSON)
     flops_*                   model FLOP/s (repro.estimate.train_flops) against the matrix rates

@@ -425,11 +425,14 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, stop: StopRequest) ->
     process decides alike).
 
     The loss is checked one step late: each step's loss is copied to the host without waiting
-    (PendingLoss), and the next step reads it once its own backward pass is queued. On a GPU the
-    host then never waits in the middle of a step (reading the loss before the update made the
-    GPU idle while the host queued the next step: 6% of the step on an H100, the GPU check's
-    step_host_sync). A non-finite loss stops the run at the next step, or before any checkpoint,
-    validation or stop, so the weights it produced are never saved or evaluated."""
+    (PendingLoss), and the next step reads it once its own backward pass is queued. In one process
+    (one GPU, or two with TwoDevices) the host then never waits for the GPU in the middle of a
+    step (reading the loss before the update made the GPU idle while the host queued the next
+    step: 6% of the step on an H100, the GPU check's step_host_sync). A Distributed run still
+    waits once a step: its processes agree on stopping (a signal, a bad loss) through an
+    all-reduce whose result the host reads. A non-finite loss's update is applied in memory, but
+    the run stops at the next step, or before any checkpoint, metrics line or validation, so the
+    weights it produced are never saved, logged or evaluated."""
     pos, cfg = run.pos, run.cfg
     run.model.reseed_dropout(_mix(cfg.train.seed, pos.epoch, pos.step_in_epoch, 0), data.part_rows(cfg, run.part, run.parts))
     autocast = (torch.autocast("cuda", torch.bfloat16) if cfg.speed.bf16 and run.device.type == "cuda"
@@ -464,7 +467,7 @@ class PendingLoss:
             self.host = torch.empty((), dtype=loss.dtype, pin_memory=True)
             self.host.copy_(loss.detach(), non_blocking=True)
             self.event = torch.cuda.Event()
-            self.event.record(torch.cuda.current_stream(loss.device))  # the copy's stream (TwoDevices: cuda:1's)
+            self.event.record(torch.cuda.current_stream(loss.device))  # the stream the copy runs on
         else:
             self.host, self.event = loss.detach(), None
 

@@ -125,23 +125,39 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_shards, tmp_path):
     assert str(checkpoint.latest(run)) in str(e.value)
 
 
-def test_each_loss_is_read_only_after_its_update_is_queued(tiny_shards, tmp_path, monkeypatch):
+def test_each_loss_is_read_only_after_the_next_step_is_queued(tiny_shards, tmp_path, monkeypatch):
     """train_step checks a step's loss one step late (on a GPU the host then never waits for the
-    GPU mid-step): the loss of step N is read in step N + 1, after its backward pass, or before a
-    checkpoint; never while step N is still being computed."""
+    GPU mid-step): the loss of step N is read in step N + 1, after its forward and backward
+    passes, or before the checkpoint that ends the run; never while step N is being computed."""
     from repro import train as train_module
 
-    reads, check = [], train_module.check_loss
+    reads, forwards, check = [], [], train_module.check_loss
+    backward = torch.Tensor.backward
 
     def spy(run, stop=False):
         if run.pending is not None and run.pending.host is not None:
-            reads.append((run.pending.step, run.pos.step))  # (whose loss, steps done so far)
+            # (whose loss, training forward passes so far, backward passes so far)
+            reads.append((run.pending.step, len(forwards), backwards[0]))
         return check(run, stop)
 
+    def counting_forward(self, x, *args, **kwargs):
+        if self.training:
+            forwards.append(1)
+        return real_forward(self, x, *args, **kwargs)
+
+    backwards = [0]
+
+    def counting_backward(self, *args, **kwargs):
+        backwards[0] += 1
+        return backward(self, *args, **kwargs)
+
+    real_forward = AlexNet.forward
+    monkeypatch.setattr(AlexNet, "forward", counting_forward)
+    monkeypatch.setattr(torch.Tensor, "backward", counting_backward)
     monkeypatch.setattr(train_module, "check_loss", spy)
     train(small_config("train.max_steps=3", "train.log_every=100", "train.checkpoint_every=0"),
           tiny_shards, tmp_path / "r")
-    assert reads == [(1, 1), (2, 2), (3, 3)]  # step 3's at the checkpoint that train.max_steps asks for
+    assert reads == [(1, 2, 2), (2, 3, 3), (3, 3, 3)]  # step 3's at the checkpoint of train.max_steps
 
 
 def test_a_non_finite_loss_reaches_no_checkpoint_and_no_metrics_line(tiny_shards, tmp_path):
@@ -161,6 +177,30 @@ def test_a_non_finite_loss_reaches_no_checkpoint_and_no_metrics_line(tiny_shards
         pytest.fail("the loss never became non-finite at lr 1e30")
     assert all(torch.isfinite(v).all() for v in weights(run).values())
     assert all(math.isfinite(r["loss"]) for r in rundir.read_metrics(run, "train"))
+
+
+def test_a_non_finite_loss_at_an_epochs_last_step_is_never_validated(tiny_shards, tmp_path, monkeypatch):
+    """The epoch's last step, its loss made NaN: end_epoch checks it before validation, so no
+    validation line, schedule decision or checkpoint comes from the weights it produced."""
+    from types import SimpleNamespace
+
+    from repro import train as train_module
+
+    first = train(small_config("schedule.epochs=1", "train.checkpoint_every=0"), tiny_shards, tmp_path / "one")
+    last = rundir.read_metrics(first, "val")[0]["step"]  # steps per epoch
+    calls = [0]
+
+    def cross_entropy(logits, labels, *args, **kwargs):
+        calls[0] += 1
+        loss = F.cross_entropy(logits, labels, *args, **kwargs)
+        return loss * float("nan") if calls[0] == last else loss
+
+    monkeypatch.setattr(train_module, "F", SimpleNamespace(cross_entropy=cross_entropy))
+    run = tmp_path / "r"
+    with pytest.raises(UserError, match=rf"loss became nan at step {last} \(epoch 1\)"):
+        train(small_config("schedule.epochs=2", "train.checkpoint_every=0", f"train.log_every={last + 1}"),
+              tiny_shards, run)
+    assert rundir.read_metrics(run, "val") == [] and checkpoint.latest(run) is None
 
 
 @pytest.mark.slow
