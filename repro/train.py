@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -131,6 +131,34 @@ class Position:
     step: int = 0  # global steps completed
 
 
+class PendingLoss:
+    """A step's loss on its way to the host: copied without waiting (into pinned memory, with
+    an event on a GPU), read later by `take`, which waits for that copy only."""
+
+    def __init__(self):
+        self.host = self.event = None
+        self.step = self.epoch = 0
+
+    def put(self, loss: torch.Tensor, step: int, epoch: int) -> None:
+        self.step, self.epoch = step, epoch
+        if loss.device.type == "cuda":
+            self.host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+            self.host.copy_(loss.detach(), non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(loss.device))  # the stream the copy runs on
+        else:
+            self.host, self.event = loss.detach(), None
+
+    def take(self) -> float | None:
+        """The loss put last (None if none since the last take)."""
+        if self.host is None:
+            return None
+        if self.event is not None:
+            self.event.synchronize()
+        value, self.host, self.event = self.host.item(), None, None
+        return value
+
+
 @dataclass
 class Run:
     """What one training process holds: built by `set_up`, advanced by `train_epoch`."""
@@ -152,7 +180,7 @@ class Run:
     metrics: rundir.Metrics | None  # the writer's metrics.jsonl
     lock: rundir.RunLock | None  # the writer's hold on the run directory
     watch: Watch | None = None  # the writer's TensorBoard files (train.tensorboard, if installed)
-    pending: "PendingLoss | None" = None  # the last step's loss, on its way to the host
+    pending: PendingLoss = field(default_factory=PendingLoss)  # the last step's loss, on its way to the host
 
     @property
     def device(self) -> torch.device:
@@ -398,11 +426,11 @@ def train_epoch(run: Run, stop: StopRequest) -> str | None:
             bar.update(len(y) * run.parts)  # images of this step, over every data-parallel pair
             if pos.step % cfg.train.log_every == 0:
                 check_loss(run)  # in every process alike: no non-finite loss reaches a metrics line
-            if run.metrics and pos.step % cfg.train.log_every == 0:
-                row = {"epoch": epoch + pos.step_in_epoch / run.steps, "lr": run.schedule.lr(epoch), **window.flush()}
-                run.metrics.write("train", step=pos.step, **row)
-                if run.watch:
-                    run.watch.train(pos.step, row)
+                if run.metrics:
+                    row = {"epoch": epoch + pos.step_in_epoch / run.steps, "lr": run.schedule.lr(epoch), **window.flush()}
+                    run.metrics.write("train", step=pos.step, **row)
+                    if run.watch:
+                        run.watch.train(pos.step, row)
             limit = cfg.train.max_steps and pos.step >= cfg.train.max_steps
             periodic = cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0
             if stop_now or limit or (periodic and pos.step_in_epoch < run.steps):  # end_epoch saves the last step
@@ -443,8 +471,6 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, stop: StopRequest) ->
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.placement.sync_gradients(run.model)
-    if run.pending is None:
-        run.pending = PendingLoss()
     stop_now = check_loss(run, stop.requested)  # the step before's
     run.optimizer.step()
     pos.step += 1
@@ -453,39 +479,11 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, stop: StopRequest) ->
     return loss.detach(), logits.detach(), stop_now
 
 
-class PendingLoss:
-    """A step's loss on its way to the host: copied without waiting (into pinned memory, with
-    an event on a GPU), read later by `take`, which waits for that copy only."""
-
-    def __init__(self):
-        self.host = self.event = None
-        self.step = self.epoch = 0
-
-    def put(self, loss: torch.Tensor, step: int, epoch: int) -> None:
-        self.step, self.epoch = step, epoch
-        if loss.device.type == "cuda":
-            self.host = torch.empty((), dtype=loss.dtype, pin_memory=True)
-            self.host.copy_(loss.detach(), non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record(torch.cuda.current_stream(loss.device))  # the stream the copy runs on
-        else:
-            self.host, self.event = loss.detach(), None
-
-    def take(self) -> float | None:
-        """The loss put last (None if none since the last take)."""
-        if self.host is None:
-            return None
-        if self.event is not None:
-            self.event.synchronize()
-        value, self.host, self.event = self.host.item(), None, None
-        return value
-
-
 def check_loss(run: Run, stop: bool = False) -> bool:
     """Read the last step's loss, if not read yet, and end the run with a UserError if it is not
     finite in any process. Returns whether to stop now, as every process agreed."""
     pending = run.pending
-    value = pending.take() if pending else None
+    value = pending.take()
     mine = value is not None and not math.isfinite(value)
     bad, stop_now = _agree(run.distributed, mine, stop, run.device)
     if bad:

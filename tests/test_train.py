@@ -135,7 +135,7 @@ def test_each_loss_is_read_only_after_the_next_step_is_queued(tiny_shards, tmp_p
     backward = torch.Tensor.backward
 
     def spy(run, stop=False):
-        if run.pending is not None and run.pending.host is not None:
+        if run.pending.host is not None:
             # (whose loss, training forward passes so far, backward passes so far)
             reads.append((run.pending.step, len(forwards), backwards[0]))
         return check(run, stop)
