@@ -85,9 +85,15 @@ def compute_stats(pixel_sum: np.ndarray, outer: np.ndarray, images: int, counts:
     covariance = (covariance + covariance.T) / 2
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1]
-    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
-    # An eigenvector's sign is arbitrary; fix it so that its largest component is positive.
-    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(3)])
-    eigenvectors = eigenvectors * np.where(signs == 0, 1.0, signs)
+    eigenvalues, eigenvectors = eigenvalues[order], fix_signs(eigenvectors[:, order])
     return Stats(mean=mean, covariance=covariance, eigenvalues=eigenvalues, eigenvectors=eigenvectors,
                  pixels=pixels, images=images, counts=counts)
+
+
+def fix_signs(eigenvectors: np.ndarray) -> np.ndarray:
+    """The eigenvectors (columns) with their arbitrary signs fixed: each one's largest component
+    positive. LAPACK may return either sign (it differs between builds, e.g. OpenBLAS and MKL),
+    and the PCA lighting noise depends on it (the same random draws move pixels the other way)."""
+    columns = np.arange(eigenvectors.shape[1])
+    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), columns])
+    return eigenvectors * np.where(signs == 0, 1.0, signs)

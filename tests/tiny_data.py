@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep import shards
+from data_prep.stats import fix_signs
 from repro import files
 
 SIZE = shards.IMAGE_SIZE
@@ -54,16 +55,16 @@ def _images(rng: np.random.Generator, labels: np.ndarray, classes: int) -> np.nd
 
 
 def _stats(images: np.ndarray) -> shards.Stats:
-    """Mean image and RGB covariance on the 0-255 scale. The fixtures' own formula, kept: prepare's
-    (data_prep/stats.py) also fixes the eigenvectors' signs, which changes the tiny runs' lighting
-    noise (test_loss_falls_when_overfitting_a_small_batch diverged with it)."""
+    """Mean image and RGB covariance on the 0-255 scale, the eigenvectors' signs fixed as prepare
+    fixes them (data_prep.stats.fix_signs), so that the tiny runs' lighting noise does not depend
+    on the machine's LAPACK."""
     x = images.astype(np.float64)
     mean = x.mean(0)
     pixels = x.reshape(-1, 3)
     cov = np.cov(pixels, rowvar=False, bias=True)
     values, vectors = np.linalg.eigh(cov)  # ascending
     order = np.argsort(values)[::-1]
-    return shards.Stats(mean, cov, values[order], vectors[:, order], len(pixels))
+    return shards.Stats(mean, cov, values[order], fix_signs(vectors[:, order]), len(pixels))
 
 
 def make_tiny_shards(root: str | Path, n_train: int = 40, n_val: int = 12, classes: int = 4,
