@@ -157,7 +157,8 @@ def prepare(opts: Options, stream=None) -> Summary:
     out = Path(opts.out)
     if cat.layout in ("tree", layouts.KAGGLE) and any(_inside(out, p) for p in cat.sources if p.is_dir()):
         raise UserError(f"--out {out} lies inside a folder of images of the source {opts.source}")
-    _make_out(out)
+    _check_settings(out, opts, cat)
+    files.make_dir(out, "--out")
     with _lock(out), _os_errors(out):  # one lock over staging and building; a full disk is one line in both
         if cat.layout == hf_parquet.LAYOUT:
             with _progress(sum(map(len, cat.splits.values())), opts, stream, desc="stage") as bar:
@@ -260,17 +261,6 @@ def _progress(total: int | None, opts: Options, stream, desc: str = "prepare", u
     return Progress(total, desc, unit=unit, stream=stream)
 
 
-def _make_out(out: Path) -> None:
-    """The output directory, created if missing; a file there, or a place where no directory can
-    be made, is one line."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory: pass a directory (created if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
-
-
 @contextlib.contextmanager
 def _os_errors(out: Path):
     """The file-system errors a run can meet in the output directory, as one line each: a full
@@ -328,6 +318,42 @@ def _check_space(out: Path, tasks: list[ShardTask]) -> None:
     if need > free:
         raise UserError(f"not enough disk space in {out}: the shards need about {files.size_text(need)}, "
                         f"{files.size_text(free)} free")
+
+
+def _check_settings(out: Path, opts: Options, cat: Catalog) -> None:
+    """A finished preparation in `out` made with other settings (year, training order, shard size,
+    images or classes per class) is not replaced silently: that may be days of work. (One made
+    with the same settings is checked shard by shard and kept, or rebuilt where the sources'
+    bytes changed; an unfinished one is continued under the new settings.)"""
+    try:
+        old = json.loads((out / shards.MANIFEST).read_text())
+    except (OSError, ValueError):
+        return  # none, or damaged: nothing finished to keep
+    if not isinstance(old, dict):
+        return
+
+    def classes(subset) -> str:
+        return f"{subset.get('classes')} of {subset.get('of')} classes" if isinstance(subset, dict) else "all classes"
+
+    def same_classes(a, b) -> bool:
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            return a is None and b is None
+        return a.get("wnids_sha256") == b.get("wnids_sha256")
+
+    def every(n) -> str:
+        return "all" if not n else str(n)
+
+    differs = [f"--{name} {show(before)} there, {show(now)} now"
+               for name, before, now, show in (
+                   ("year", old.get("year"), cat.year, str), ("seed", old.get("seed"), opts.seed, str),
+                   ("shard-size", old.get("shard_size"), opts.shard_size, str),
+                   ("limit-per-class", old.get("limit_per_class"), opts.limit_per_class, every))
+               if before != now]
+    if not same_classes(old.get("subset"), cat.subset):
+        differs.append(f"{classes(old.get('subset'))} there, {classes(cat.subset)} now")
+    if differs:
+        raise UserError(f"{out} holds a finished preparation made with other settings ({'; '.join(differs)}); "
+                        f"this would replace it: choose another --out, or delete {out} first to replace it")
 
 
 def _clear(out: Path, tasks: list[ShardTask]) -> None:
@@ -558,12 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
                    help="worker processes (default: all %(default)s cores; 1 runs in this process)")
     p.add_argument("--limit-per-class", type=int, default=0, metavar="N",
-                   help="only the first N images of each class in each split (small trials)")
+                   help="only the first N images of each class in each split (small trials; default 0: all)")
     subset = p.add_mutually_exclusive_group()
     subset.add_argument("--classes", type=int, default=0, metavar="N",
                         help="only the first N classes in class-index order, i.e. sorted WordNet ids (n01440764 "
                              "tench, n01443537 goldfish, ...), re-indexed 0..N-1 in both splits; manifest.json "
-                             "records the subset (default: all classes)")
+                             "records the subset (default 0: all classes)")
     subset.add_argument("--classes-file", metavar="FILE",
                         help="only the classes whose WordNet ids FILE lists, one per line (words after the id, "
                              "blank lines and # comments ignored), re-indexed 0..N-1 in sorted-WordNet-id order")
@@ -600,10 +626,26 @@ def no_source_message(year: int) -> str:
             f"`./run.sh demo` runs the whole pipeline without them")
 
 
+# options of building shards: with --verify, a value other than the default is a mistake
+VERIFY_IGNORES = ("out", "year", "limit_per_class", "classes", "classes_file", "allow_rejects", "seed",
+                  "shard_size", "config")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.verify:
         from data_prep.verify import verify_main
+        ignored = [f"--{name.replace('_', '-')}" for name in VERIFY_IGNORES if getattr(args, name) != parser.get_default(name)]
+        if ignored:
+            raise UserError(f"{ignored[0]} does not apply to --verify, which checks the finished preparation in "
+                            f"{args.verify} as its manifest.json describes it: drop {ignored[0]}")
+        if not Path(args.verify).is_dir():
+            raise UserError(f"--verify {args.verify}: " + ("a file, not a directory" if Path(args.verify).exists()
+                                                           else "no such directory"))
+        if args.source and not Path(args.source).is_dir():
+            raise UserError(f"--source {args.source}: " + ("a file, not a directory" if Path(args.source).exists()
+                                                           else "no such directory"))
         return verify_main(Path(args.verify), args.workers, quiet=args.quiet,
                            source=Path(args.source) if args.source else None)
     if args.workers < 1:

@@ -15,6 +15,21 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from repro.errors import UserError
+
+
+def make_dir(path: str | Path, option: str) -> Path:
+    """A directory the user named (`option`, e.g. "--out"), created with its parents if missing;
+    a file there, or a place where no directory can be made, is a UserError (one line)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a directory: pass a directory (created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {option} {path}: {e.strerror}") from None
+    return path
+
 
 def tmp_name(path: str | Path) -> Path:
     """Where `path` is written before it is renamed into place."""

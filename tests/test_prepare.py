@@ -22,6 +22,7 @@ from data_prep.shards import ShardWriter
 from data_prep.stats import Moments
 from data_prep.verify import verify
 from repro import cli, files
+from repro.errors import UserError
 from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 
 SHARD = 5  # small shards, so that every split has several
@@ -223,6 +224,20 @@ def test_a_finished_preparation_run_again_says_there_is_nothing_to_build(ds, pre
     assert summary.complete and summary.built == 0
     assert "nothing to build: every shard was already there" in stream.getvalue()
     assert "images decoded" not in stream.getvalue() and file_hashes(out) == file_hashes(prepared)
+
+
+def test_a_finished_preparation_is_not_replaced_by_one_of_other_settings(ds, prepared, tmp_path):
+    """prepare into a finished preparation with another seed, shard size or class subset stops in
+    one line naming the difference, before touching a file; the same settings keep it (above)."""
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    before = file_hashes(out)
+    for kw, words in (({"seed": 3}, "--seed 0 there, 3 now"), ({"shard_size": SHARD + 1}, f"--shard-size {SHARD} there"),
+                      ({"classes": 2}, "all classes there, 2 of")):
+        with pytest.raises(UserError, match="holds a finished preparation made with other settings") as e:
+            run(ds[0].root, out, **kw)
+        assert words in str(e.value) and "delete" in str(e.value), str(e.value)
+        assert file_hashes(out) == before and (out / shards.MANIFEST).is_file()
 
 
 def test_a_damaged_finished_shard_is_rewritten(ds, prepared, tmp_path):

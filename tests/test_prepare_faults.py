@@ -46,8 +46,10 @@ def stamps(out) -> dict:
 
 
 def one_line_error(capsys, args: list[str]) -> str:
-    """Run the CLI, expecting exit status 2 and exactly one line on stderr; returns that line."""
-    assert cli.main(["prepare", "--workers", "1", "--quiet", "--shard-size", str(SHARD)] + args) == 2
+    """Run the CLI, expecting exit status 2 and exactly one line on stderr; returns that line.
+    (--shard-size applies to building only: --verify refuses it.)"""
+    building = [] if "--verify" in args else ["--shard-size", str(SHARD)]
+    assert cli.main(["prepare", "--workers", "1", "--quiet", *building] + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err

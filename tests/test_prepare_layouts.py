@@ -223,11 +223,17 @@ def test_every_class_selected_is_not_a_subset(data, from_archives, tmp_path):
     assert shard_hashes(tmp_path / "out", "train") == shard_hashes(from_archives, "train")
 
 
-def test_a_subset_into_a_directory_of_the_full_data_rewrites_it(data, from_archives, tmp_path):
+def test_a_subset_into_a_directory_of_the_full_data_rewrites_it_only_if_unfinished(data, from_archives, tmp_path):
+    """A finished full preparation is not replaced by a subset (one line, nothing touched: see
+    test_prepare.py::test_a_finished_preparation_is_not_replaced_by_one_of_other_settings); an
+    unfinished one is continued as the subset, equal to a subset prepared afresh."""
     train, val, words = data
     src = tmp_path / "src"
     fake.write_ilsvrc2012(src, train, val, words)
     shutil.copytree(from_archives, tmp_path / "out")
+    with pytest.raises(UserError, match="all classes there, 2 of"):
+        run(src, tmp_path / "out", classes=2)
+    (tmp_path / "out" / shards.MANIFEST).unlink()  # as a preparation interrupted before its end
     assert run(src, tmp_path / "out", classes=2).complete
     run(src, tmp_path / "fresh", classes=2)
     for split in ("train", "val"):
