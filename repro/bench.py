@@ -223,6 +223,9 @@ def main(argv: list[str]) -> int:
     if given or args.device != "auto":
         raise UserError(f"{(given or ['--device'])[0]} belongs to the GPU check: add --gpu")
     if args.model:
+        if args.names or args.quick:
+            raise UserError("--model prints the GPU throughput estimate alone (nothing is timed): drop "
+                            + ("NAME" if args.names else "--quick"))
         print(throughput_model(args.json))
         return 0
     unknown = [n for n in args.names if n not in BENCHMARKS]

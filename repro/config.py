@@ -248,15 +248,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a TOML config (following `extends`), apply `section.key=value` overrides, check it."""
     path = Path(path)
     raw = _read_toml(path, seen=())
-    for item in overrides:
-        _apply_override(raw, item)
-    cfg = from_dict(raw, where=str(path))
+    given = frozenset(_apply_override(raw, item) for item in overrides)
+    cfg = from_dict(raw, where=str(path), given=given)
     cfg.name = path.stem
     check(cfg, where=str(path))
     return cfg
 
 
 def _read_toml(path: Path, seen: tuple) -> dict:
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a config file (the paper's configs are in {CONFIG_DIR})")
     if not path.is_file():
         raise UserError(f"config file {path} not found (the paper's configs are in {CONFIG_DIR})")
     if path.resolve() in seen:
@@ -283,8 +284,9 @@ def _deep_merge(into: dict, new: dict) -> None:
             into[key] = value
 
 
-def _apply_override(raw: dict, item: str) -> None:
-    """`section.key=value`, the value read as a TOML literal (a bare word is taken as a string)."""
+def _apply_override(raw: dict, item: str) -> str:
+    """`section.key=value`, the value read as a TOML literal (a bare word is taken as a string).
+    Returns the dotted name."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise UserError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.001")
     dotted, text = item.split("=", 1)
@@ -299,27 +301,36 @@ def _apply_override(raw: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise UserError(f"--set {item!r}: {s} is not a section")
     node[key] = value
+    return ".".join([*sections, key])
 
 
-def from_dict(data: dict, where: str, cls=Config, prefix: str = ""):
-    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+def from_dict(data: dict, where: str, cls=Config, prefix: str = "", given: frozenset = frozenset()):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types. An error in a
+    dotted name in `given` (set by --set) names --set, not the file `where`."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
+        source = _source(name, given, where)
         if key not in fields:
             what = "section" if isinstance(value, dict) else "key"
             known = ", ".join(fields)
-            raise UserError(f"{where}: unknown {what} '{name}' (known here: {known})")
+            raise UserError(f"{source}: unknown {what} '{name}' (known here: {known})")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
-                raise UserError(f"{where}: '{name}' must be a section [{name}]")
-            kwargs[key] = from_dict(value, where, kind, prefix=f"{name}.")
+                raise UserError(f"{source}: '{name}' must be a section [{name}]")
+            kwargs[key] = from_dict(value, where, kind, prefix=f"{name}.", given=given)
         else:
-            kwargs[key] = _checked(value, kind, fields[key], name, where)
+            kwargs[key] = _checked(value, kind, fields[key], name, source)
     return cls(**kwargs)
+
+
+def _source(name: str, given: frozenset, where: str) -> str:
+    """Where a value came from: `--set NAME` if that option set it (or a section under it), else the file."""
+    hit = next((g for g in given if g == name or g.startswith(name + ".")), None)
+    return f"--set {hit}" if hit else where
 
 
 def _checked(value: Any, kind, f: dataclasses.Field, name: str, where: str):

@@ -24,7 +24,7 @@ from repro import checkpoint, evaluate, report, rundir
 from repro.config import CONFIG_DIR, load_config
 from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
-from repro.train import train
+from repro.train import check_resumable, train
 
 FULL = {"classes": 10, "train_per_class": 150, "val_per_class": 20}
 SMOKE = {"classes": 4, "train_per_class": 8, "val_per_class": 4}
@@ -55,12 +55,20 @@ def main(argv) -> int:
     suffix = "-smoke" if args.smoke else ""
     base, run_dir = Path(args.dir + suffix), Path(args.run_dir + suffix)
     out = base / "results" if args.smoke else Path(args.out)
+    for path, option in ((base, "--dir"), (run_dir, "--run-dir"), (out, "--out")):
+        if path.exists() and not path.is_dir():  # said now, not after generating and preparing
+            raise UserError(f"{option}: {path} is a file, not a directory: choose another {option}")
     archives, shards = base / "archives", base / "shards"
     cfg = load_config(CONFIG_DIR / "demo.toml", (SMOKE_SETTINGS if args.smoke else []) + args.set)
     cfg.data.shards = str(shards)
     if args.fresh:
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
+    resume = checkpoint.latest(run_dir) is not None
+    if resume:  # its config, checked now, not after generating and preparing
+        cfg = rundir.read_config(run_dir, args.set)
+        check_resumable(rundir.read_config(run_dir), cfg, run_dir,
+                        remedy=f"add --fresh to start the demo again (it deletes {base} and {run_dir} first)")
     t0 = time.monotonic()
 
     stage("1/4 generate", f"{size['classes']} classes x {size['train_per_class']} training and "
@@ -70,11 +78,8 @@ def main(argv) -> int:
     summary = prep.prepare(prep.Options(archives, shards))
     if not summary.complete:
         raise UserError(f"prepare rejected images of the generated set (see {shards}/rejects.tsv)")
-    resume = checkpoint.latest(run_dir) is not None
     stage("3/4 train", f"./run.sh train paper_configs/demo.toml --data {shards} --run-dir {run_dir}"
           + (" --resume" if resume else ""))
-    if resume:
-        cfg = rundir.read_config(run_dir, args.set)
     train(cfg, shards, run_dir, resume=resume)
     state = checkpoint.read_state(checkpoint.latest(run_dir))
     if state["epoch"] < cfg.schedule.epochs and not (cfg.train.max_steps and state["step"] >= cfg.train.max_steps):

@@ -165,6 +165,9 @@ def data_root(run_dir: str | Path, override: str | Path | None = None) -> Path:
         raise UserError(f"{path} does not say which data the run used: pass --data DIR") from None
     if not root.is_absolute() and not root.exists() and (rundir.REPO / root).exists():
         root = rundir.REPO / root  # relative to the repository the run was started from
+    if not root.exists():
+        raise UserError(f"{run_dir} was trained on the data in {root} (its {rundir.PROVENANCE} says so), which is "
+                        f"not there now: if it moved, pass --data DIR (where it is now)")
     return root
 
 
@@ -375,9 +378,17 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
+    if args.other_data and not args.data:
+        raise UserError("--other-data goes with --data (the other shards to evaluate on)")
+    runs = [args.run_dir, *args.ensemble]
+    seen: dict = {}
+    for r in runs:  # the same run twice would count its predictions twice
+        key = Path(r).resolve()
+        if key in seen:
+            raise UserError(f"{r} is given twice ({seen[key]} and {r}): an ensemble averages different runs")
+        seen[key] = r
     opts = EvalOptions(args.split, args.views, args.data, args.batch_size, args.workers,
                        args.device, reuse=not args.again, other_data=args.other_data)
-    runs = [args.run_dir, *args.ensemble]
     recs = evaluate_ensemble(runs, opts) if args.ensemble else evaluate_run(args.run_dir, opts)
     first = next(iter(recs.values()))
     what = f"ensemble of {len(runs)} runs" if args.ensemble else first["checkpoint"]["path"]

@@ -1604,6 +1604,8 @@ def main(args) -> int:
 
     device = pick_device(args.device)
     out = Path(args.out) if args.out else default_out(device_info(device), args.quick)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory: name the JSON file to write, e.g. {out / 'gpu.json'}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.parent / f".{out.name}.probe"
@@ -1612,7 +1614,7 @@ def main(args) -> int:
     except OSError as e:
         raise UserError(f"cannot write {out} ({e.strerror}): choose another --out") from None
     if args.tmp and not Path(args.tmp).is_dir():
-        raise UserError(f"--tmp {args.tmp}: no such directory")
+        raise UserError(f"--tmp {args.tmp}: " + ("a file, not a directory" if Path(args.tmp).exists() else "no such directory"))
     result = run(device, args.quick, out, args.tmp, args.profile, args.budget)
     if args.json:
         print(json.dumps(_plain(result), indent=1))

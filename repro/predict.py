@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ def prepare_image(path: str | Path) -> np.ndarray:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     except image_prep.BadImage as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
+        reason = "not an image file Pillow can read" if "cannot identify image file" in str(e) else str(e)
+        raise UserError(f"cannot read image {path}: {reason}") from None
 
 
 @torch.no_grad()
@@ -50,7 +52,8 @@ def parse_args(argv):
         description="The top-5 classes of image files with a trained run: each image prepared as the "
                     "training data was (RGB, shorter side to 256, central 256x256 crop), then 10 views "
                     "with their softmax outputs averaged.",
-        epilog="Any image file Pillow reads (JPEG, PNG, greyscale, CMYK, ...).\n\n"
+        epilog="Any image file Pillow reads (JPEG, PNG, greyscale, CMYK, ...). A file that cannot be read is "
+               "named on stderr and skipped; the exit status is then 1 (2 if no file could be read).\n\n"
                "Example:\n  ./run.sh predict runs/alexnet_2gpu cat.jpg dog.png")
     p.add_argument("run_dir", help="a trained run (runs/<name>)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -68,19 +71,33 @@ def main(argv) -> int:
     evaluate.check_data(Path(args.run_dir), root, None)  # the class names must be the run's classes
     names = data.class_names(root)
     normalizer = data.make_normalizer(root, cfg, model.placement.output_device)
-    images = np.stack([prepare_image(p) for p in args.images])
-    probs = ten_view_probs(model, normalizer, images)
+    read, paths, skipped = [], [], []
+    for path in args.images:  # an unreadable file is named and skipped, the others predicted
+        try:
+            read.append(prepare_image(path))
+            paths.append(path)
+        except UserError as e:
+            skipped.append(str(e))
+    if not read:
+        raise UserError(skipped[0] if len(skipped) == 1 else f"none of the {len(skipped)} files is an image "
+                        f"Pillow can read ({skipped[0]}; ...)")
+    for reason in skipped:
+        print(f"predict: skipped: {reason}", file=sys.stderr)
+    probs = ten_view_probs(model, normalizer, np.stack(read))
     results = []
-    for path, p in zip(args.images, probs):
+    for path, p in zip(paths, probs):
         values, classes = p.topk(min(args.top, len(p)))
         results.append({"image": str(path), "top": [
             {"class": int(c), "wnid": names[c][0], "words": names[c][1], "prob": float(v)}
             for v, c in zip(values, classes.tolist())]})
     if args.json:
         print(json.dumps(results, indent=1))
-        return 0
-    for r in results:
-        print(r["image"])
-        for i, t in enumerate(r["top"], 1):
-            print(f"  {i}. {t['prob']:6.1%}  {t['words']} ({t['wnid']})")
+    else:
+        for r in results:
+            print(r["image"])
+            for i, t in enumerate(r["top"], 1):
+                print(f"  {i}. {t['prob']:6.1%}  {t['words']} ({t['wnid']})")
+    if skipped:
+        print(f"predict: {len(skipped)} of {len(args.images)} files skipped (above)", file=sys.stderr)
+        return 1
     return 0

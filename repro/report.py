@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from repro import data, evaluate, figures, files, rundir, tables
-from repro.errors import ArgumentParser, at_least, device
+from repro.errors import ArgumentParser, UserError, at_least, device
 
 DASH = "—"
 
@@ -52,14 +52,16 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
+    if args.name is not None and (not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name):
+        raise UserError(f"--name {args.name!r}: a plain name (the report goes to {args.out}/<name>/), "
+                        f"not a path; --out chooses where")
     published = tables.load_published(args.published)
     run_dirs = [Path(r) for r in args.run_dirs]
     opts = evaluate.EvalOptions(views=args.views, data=args.data, batch_size=args.batch_size,
                                 workers=args.workers, device=args.device)
     for r in run_dirs:  # every missing piece is reported before any long work starts
         evaluate.check_run(r, opts)
-    out = Path(args.out) / (args.name or run_dirs[0].name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = files.make_dir(Path(args.out) / (args.name or run_dirs[0].name), "--out")
     names = _unique([r.name for r in run_dirs])
     records = [evaluate.evaluate_run(r, opts) for r in run_dirs]
     runs = [tables.describe(n, rundir.read_config(r), rec, published)

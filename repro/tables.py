@@ -28,6 +28,7 @@ from pathlib import Path
 
 from repro import rundir
 from repro.config import CONFIG_DIR, Config, flat, load_config
+from repro.errors import UserError
 
 PUBLISHED = rundir.REPO / "results" / "published.json"
 FULL_MODEL = "alexnet_2gpu.toml"
@@ -50,7 +51,25 @@ ABLATIONS = {
 
 
 def load_published(path: str | Path = PUBLISHED) -> dict:
-    return json.loads(Path(path).read_text())
+    """The published numbers (results/published.json's format); a UserError, one line, for a
+    file that is missing, not JSON, or lacks a section the report reads."""
+    path = Path(path)
+    try:
+        published = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--published {path}: no such file (the default is {PUBLISHED})") from None
+    except IsADirectoryError:
+        raise UserError(f"--published {path} is a directory, not a JSON file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--published {path} is not JSON ({e}); its format is that of {PUBLISHED}") from None
+    missing = [k for k in PUBLISHED_SECTIONS if not isinstance(published, dict) or k not in published]
+    if missing:
+        raise UserError(f"--published {path} lacks {', '.join(repr(k) for k in missing)}: its format is that of "
+                        f"{PUBLISHED}")
+    return published
+
+
+PUBLISHED_SECTIONS = ("tables", "ablations", "reproductions")  # what the report reads
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from repro import augment, checkpoint, data, evaluate, rundir
+from repro import augment, checkpoint, data, evaluate, files, rundir
 from repro.config import DEFAULT_CONFIG, Config, flat, load_config
 from repro.errors import ArgumentParser, UserError, at_least
 from repro.fast.memory import keep_freed_memory
@@ -73,10 +73,12 @@ def main(argv) -> int:
         if not (run_dir / rundir.CONFIG).is_file():
             raise UserError(f"{run_dir} holds no run to resume ({rundir.CONFIG} missing)")
         cfg = rundir.read_config(run_dir, args.set)
-        _check_resumable(rundir.read_config(run_dir), cfg, run_dir)
+        check_resumable(rundir.read_config(run_dir), cfg, run_dir)
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
         run_dir = Path(args.run_dir or f"runs/{cfg.name}")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir} is a file, not a directory: choose another --run-dir")
         if (run_dir / rundir.CONFIG).exists():
             raise UserError(f"{run_dir} already holds a run: add --resume to continue it (one that "
                             f"stopped before its first checkpoint starts over), or choose another --run-dir")
@@ -95,12 +97,13 @@ def main(argv) -> int:
 FIXED_ON_RESUME = ("model", "init", "data.batch_size", "data.seed", "augment", "train.seed", "train.dtype")
 
 
-def _check_resumable(saved: Config, new: Config, run_dir: Path) -> None:
+def check_resumable(saved: Config, new: Config, run_dir: Path, remedy: str = "start a new run to change it") -> None:
+    """A resumed run's --set may not change what its checkpoints were made with (FIXED_ON_RESUME)."""
     old, now = flat(saved), flat(new)
     for key in sorted(old):
         if key.startswith(FIXED_ON_RESUME) and old[key] != now[key]:
             raise UserError(f"--set {key}: a resumed run keeps {key} = {old[key]!r} (the run in "
-                            f"{run_dir} was trained with it); start a new run to change it")
+                            f"{run_dir} was trained with it); {remedy}")
 
 
 LOCAL_ADDR = "127.0.0.1"  # what --nproc's processes tell each other to connect to
@@ -260,7 +263,7 @@ def train(cfg: Config, data_root: Path, run_dir: Path, resume: bool = False) -> 
             end_epoch(run)
     except data.DataError as e:  # shards damaged or changed under the run
         raise data.DataError(f"{e}; then continue: ./run.sh train --run-dir {run_dir} --resume "
-                             f"(last checkpoint {checkpoint.latest(run_dir)})") from None
+                             f"({last_checkpoint(run_dir)})") from None
     finally:
         stop.restore()
         run.close()
@@ -275,12 +278,12 @@ def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
     distributed = isinstance(placement, Distributed)
     part, parts = (placement.pair, placement.pairs) if distributed else (0, 1)
     writer = not distributed or dist.get_rank() == 0
-    check_data(cfg, data_root)
+    train_images = check_data(cfg, data_root)
     set_precision(cfg.speed)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    files.make_dir(run_dir, "--run-dir")
     lock = lock_run_dir(run_dir, writer, distributed, placement.output_device)
     try:
-        return _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock)
+        return _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock, train_images)
     except BaseException:
         if lock:
             lock.release()
@@ -298,7 +301,7 @@ def lock_run_dir(run_dir: Path, writer: bool, distributed: bool, device) -> rund
     return lock
 
 
-def _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock) -> Run:
+def _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock, train_images: int) -> Run:
     model = build_model(cfg, placement)
     if cfg.speed.keep_freed_memory and placement.output_device.type == "cpu":
         keep_freed_memory()
@@ -308,7 +311,6 @@ def _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writ
     if resume:
         check_same_data(run_dir, data_root)
         pos = resume_from_checkpoint(run_dir, model, optimizer, schedule, writer)
-    train_images = len(data.open_split(data_root, "train"))  # every shard opened: once
     run = Run(cfg, data_root, run_dir, placement, model,
               torch.compile(model) if cfg.speed.compile else model, optimizer, schedule,
               data.make_normalizer(data_root, cfg, placement.output_device), pos,
@@ -363,8 +365,9 @@ def start_records(run: Run, resume: bool) -> None:
     run.watch = Watch.open(run.run_dir, run.cfg.train.tensorboard)
 
 
-def check_data(cfg: Config, data_root: Path) -> None:
-    """The prepared data exists and fits the config (year, number of classes)."""
+def check_data(cfg: Config, data_root: Path) -> int:
+    """The prepared data exists, fits the config (year, number of classes), and its training and
+    validation shards are there and whole. Returns the number of training images."""
     if not (data_root / "manifest.json").is_file():
         raise UserError(f"no prepared data in {data_root} (manifest.json missing): run "
                         f"'./run.sh prepare --source DIR --out {data_root}', or './run.sh demo' "
@@ -378,6 +381,12 @@ def check_data(cfg: Config, data_root: Path) -> None:
     if classes != cfg.model.num_classes:
         raise UserError(f"the data in {data_root} has {classes} classes, the config's model "
                         f"{cfg.model.num_classes}: set model.num_classes = {classes}")
+    # every shard there and whole, before the run directory is made (validation reads its shards
+    # only after an epoch's training); each shard opened once. (Data without a validation split at
+    # all, as the GPU check's, trains until the first epoch's end.)
+    if manifest["splits"].get(cfg.data.val_split, {}).get("shards"):
+        data.open_split(data_root, cfg.data.val_split)
+    return len(data.open_split(data_root, "train"))
     subset = manifest.get("subset")
     if subset:  # said once, up front: such a run is a check of the recipe, not a paper row
         print(f"training on a subset of ILSVRC: {subset.get('classes')} of its {subset.get('of')} classes "
@@ -490,7 +499,7 @@ def check_loss(run: Run, stop: bool = False) -> bool:
         what = f"loss became {value}" if mine else "loss became infinite or NaN in another process"
         raise UserError(
             f"{what} at step {pending.step} (epoch {pending.epoch + 1}); stopped without saving these "
-            f"weights; last good checkpoint: {checkpoint.latest(run.run_dir)}. Try a lower optim.lr")
+            f"weights; {last_checkpoint(run.run_dir, 'good ')}. Try a lower optim.lr")
     return stop_now
 
 
@@ -523,7 +532,7 @@ def save_checkpoint(run: Run) -> Path | None:
     finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
     if _agree(run.distributed, not finite, False, run.device)[0]:
         raise UserError(f"the weights became infinite or NaN at step {pos.step} (epoch {pos.epoch + 1}); "
-                        f"not saved; last good checkpoint: {checkpoint.latest(run.run_dir)}. Try a lower optim.lr")
+                        f"not saved; {last_checkpoint(run.run_dir, 'good ')}. Try a lower optim.lr")
     state = {"step": pos.step, "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch,
              "schedule": run.schedule.state_dict(), "config": run.cfg.name}
     keep = run.cfg.train.keep_checkpoints
@@ -543,6 +552,14 @@ def conv1_kernels(model: AlexNet) -> list:
     if model.grouped:
         return [w.numpy() for w in weights["towers.grouped.conv1.weight"].chunk(model.m.towers)]
     return [weights[f"towers.{k}.conv1.weight"].numpy() for k in model.towers]
+
+
+def last_checkpoint(run_dir: Path, kind: str = "") -> str:
+    """'last checkpoint PATH', or that there is none yet (--resume then starts over)."""
+    ckpt = checkpoint.latest(run_dir)
+    if ckpt is None:
+        return "no checkpoint yet (--resume starts the run over from step 0)"
+    return f"last {kind}checkpoint: {ckpt}"
 
 
 def announce_stop(run: Run, why: str) -> None:

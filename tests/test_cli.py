@@ -1,4 +1,5 @@
 """Every subcommand: --help explains it; bad input is one line and a non-zero exit."""
+import json
 import os
 import shlex
 import shutil
@@ -105,3 +106,54 @@ def test_run_commands_fail_in_one_line(tiny_run, tiny_shards, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not (tmp_path / "r").exists()  # the report checks every run before doing any work
+
+
+def test_wrong_paths_and_options_that_do_not_apply_are_one_line(tiny_run, tmp_path, capsys):
+    """Paths of the wrong kind (a file where a directory goes, and the reverse), options that do
+    not apply together, and bad --published files: one line each, before any work or output."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a directory\n")
+    (tmp_path / "not.json").write_text("{")
+    (tmp_path / "empty.json").write_text("{}")
+    reports = tmp_path / "reports"
+    cases = [
+        (["train", "--run-dir", str(a_file)], "--run-dir " + str(a_file) + " is a file"),
+        (["train", str(tmp_path)], "is a directory, not a config file"),
+        (["train", "--set", "optimm.lr=0.1"], "--set optimm.lr: unknown section 'optimm'"),
+        (["report", str(tiny_run), "--name", "../escape", "--out", str(reports)], "a plain name"),
+        (["report", str(tiny_run), "--published", str(tmp_path / "none.json"), "--out", str(reports)], "no such file"),
+        (["report", str(tiny_run), "--published", str(tmp_path / "not.json"), "--out", str(reports)], "is not JSON"),
+        (["report", str(tiny_run), "--published", str(tmp_path / "empty.json"), "--out", str(reports)], "lacks 'tables'"),
+        (["report", str(tiny_run), "--out", str(a_file)], "cannot create --out " + str(a_file / "tiny")),
+        (["eval", str(tiny_run), "--ensemble", str(tiny_run)], "is given twice"),
+        (["eval", str(tiny_run), "--other-data"], "--other-data goes with --data"),
+        (["demo", "--dir", str(a_file)], "--dir: " + str(a_file) + " is a file"),
+        (["bench", "--model", "lrn"], "drop NAME"),
+        (["bench", "--gpu", "--device", "cpu", "--out", str(tmp_path)], "is a directory: name the JSON file"),
+        (["prepare", "--verify", str(tmp_path / "none")], "no such directory"),
+        (["prepare", "--verify", str(tmp_path), "--out", str(reports)], "--out does not apply to --verify"),
+        (["prepare", "--verify", str(tmp_path), "--source", str(tmp_path / "none")], "--source"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not reports.exists() and a_file.read_text() == "not a directory\n"
+
+
+def test_a_run_whose_data_moved_says_to_pass_data(tiny_run, tiny_shards, tmp_path, capsys):
+    """The data a run recorded (provenance.json) is gone from there: eval, predict, export, report
+    and train --resume say where the run looked and that --data tells them where it is now."""
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
+    provenance = json.loads((run / rundir.PROVENANCE).read_text())
+    provenance["data"]["root"] = str(tmp_path / "moved")
+    (run / rundir.PROVENANCE).write_text(json.dumps(provenance))
+    for argv in (["eval", str(run)], ["predict", str(run), "x.jpg"], ["export", str(run), "--out", str(tmp_path / "m.pt")],
+                 ["report", str(run), "--out", str(tmp_path / "r")], ["train", "--run-dir", str(run), "--resume"]):
+        capsys.readouterr()
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("which is not there now: if it moved, pass --data DIR (where it is now)"), (argv, err)
+        assert str(tmp_path / "moved") in err and len(err.splitlines()) == 1
+    assert cli.main(["eval", str(run), "--data", str(tiny_shards), "--workers", "0"]) == 0

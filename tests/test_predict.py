@@ -46,3 +46,16 @@ def test_predict_reads_any_image_and_averages_ten_views(tiny_run, tiny_shards, t
     assert "cannot read image" in capsys.readouterr().err
     assert cli.main(["predict", str(tiny_run), str(tmp_path)]) == 2
     assert f"error: {tmp_path} is a folder: give the image files in it" in capsys.readouterr().err
+
+
+def test_an_unreadable_file_is_named_and_skipped(tiny_run, tmp_path, capsys):
+    """Among several files, one that is not an image is named on stderr (in words, not Pillow's
+    object text) and skipped; the others get their classes; the exit status is 1."""
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    capsys.readouterr()
+    assert cli.main(["predict", str(tiny_run), str(tmp_path / "notes.jpg"), str(tmp_path / "good.png"), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert [r["image"] for r in json.loads(out)] == [str(tmp_path / "good.png")]
+    assert f"skipped: cannot read image {tmp_path / 'notes.jpg'}: not an image file Pillow can read" in err
+    assert "BytesIO" not in err and "1 of 2 files skipped" in err

@@ -91,7 +91,8 @@ def test_resume_eval_and_predict_refuse_data_the_run_was_not_trained_on(small_ru
     assert cli.main(["eval", str(small_run), "--data", str(same_classes), "--workers", "0", "--other-data"]) == 0
     tagged = sorted(p.name for p in (small_run / "eval").iterdir() if "@" in p.name)
     assert len(tagged) == 4 and all(p.read_bytes() == own[p.name] for p in (small_run / "eval").iterdir() if p.name in own)
-    ensemble = ["eval", str(small_run), "--ensemble", str(small_run), "--workers", "0", "--views", "centre"]
+    twin = shutil.copytree(small_run, tmp_path / "twin", ignore=shutil.ignore_patterns("eval", rundir.RunLock.NAME))
+    ensemble = ["eval", str(small_run), "--ensemble", str(twin), "--workers", "0", "--views", "centre"]
     assert cli.main(ensemble) == 0
     own_ensemble = (small_run / "eval" / "val-centre-ensemble.json").read_bytes()
     assert cli.main([*ensemble, "--data", str(same_classes), "--other-data"]) == 0

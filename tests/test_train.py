@@ -442,3 +442,18 @@ def test_the_metrics_window_counts_errors_on_the_device_and_reads_them_at_its_li
     whole = evaluate.topk_errors(torch.cat(logits), torch.cat(labels))
     assert (line["top1_error"], line["top5_error"]) == (whole[1], whole[5]) and 0 < whole[5] < whole[1] < 1
     assert window.misses is None and window.flush()["top1_error"] == 0 and window.loss is None
+
+
+def test_missing_validation_shards_stop_training_before_it_starts(tiny_shards, tmp_path):
+    """Validation reads its shards only after an epoch's training: a val shard missing or cut
+    short is found before the first step, and no run directory is made for nothing."""
+    from repro.train import last_checkpoint
+
+    data = shutil.copytree(tiny_shards, tmp_path / "data")
+    (data / "val-00000.h5").unlink()
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="val-00000.h5 is missing"):
+        train(small_config(), data, run)
+    assert not run.exists()
+    run.mkdir()
+    assert last_checkpoint(run) == "no checkpoint yet (--resume starts the run over from step 0)"
