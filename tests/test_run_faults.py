@@ -54,15 +54,22 @@ def small_run(tiny_shards, tmp_path):
 def test_a_second_trainer_is_refused_and_a_killed_ones_lock_is_stale(tiny_shards, tmp_path, capsys):
     """Two `train --resume` at once in one run directory: the second stops in one line naming the
     first. The first killed with SIGKILL before its first checkpoint: its lock goes with it, and
-    --resume starts the run over from step 0, without the killed run's metric lines."""
+    --resume starts the run over from step 0, without the killed run's metric lines.
+
+    The first trainer must not reach its first checkpoint (the end of its first epoch) while the
+    test runs, however fast the CPU: it is frozen with SIGSTOP as soon as its second metrics line
+    is seen (a stopped process still holds its lock, and SIGKILL ends it), and data.batch_size=1
+    makes its epoch 40 steps, so that the 38 steps between the second line and the checkpoint
+    take far longer than the 10 ms between two looks at the metrics file."""
     run = tmp_path / "busy"
     first = subprocess.Popen([sys.executable, "-m", "repro", "train", "--data", str(tiny_shards), "--run-dir", str(run),
-                              *sets(*SMALL, "schedule.epochs=50", "train.checkpoint_every=0")],
+                              *sets(*SMALL, "data.batch_size=1", "schedule.epochs=50", "train.checkpoint_every=0")],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and len(rundir.read_metrics(run, "train")) < 2:
-            time.sleep(0.1)
+        while time.time() < deadline and first.poll() is None and len(rundir.read_metrics(run, "train")) < 2:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)
         assert len(rundir.read_metrics(run, "train")) >= 2 and checkpoint.latest(run) is None
         err = one_line_error(["train", "--data", str(tiny_shards), "--run-dir", str(run), "--resume",
                               "--set", "optim.lr=0.0"], capsys)
