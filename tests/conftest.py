@@ -26,6 +26,21 @@ def pytest_report_header(config):
     return f"machine: {machine.describe()}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plain_wide_help():
+    """Help and usage text as on a wide terminal without colour, whatever the environment: argparse
+    wraps help to COLUMNS (or the terminal's width), so a narrow one splits the phrases tests look
+    for, and Python >= 3.14 colours help, usage and tracebacks where FORCE_COLOR or PYTHON_COLORS=1
+    is set (as CI often does), which puts escape codes inside them. Set in os.environ, so the
+    commands tests run as subprocesses get the same; for the whole session, so session fixtures too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", "200")
+        for name in ("FORCE_COLOR", "PYTHON_COLORS", "CLICOLOR_FORCE"):
+            mp.delenv(name, raising=False)
+        mp.setenv("NO_COLOR", "1")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """A read-only tiny prepared directory: 4 classes, 40 train images in 3 uneven shards, 12 val.
