@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import tarfile
@@ -577,7 +578,7 @@ def test_a_damaged_manifest_is_one_line_naming_the_key(clean, tmp_path, capsys, 
         edit(manifest)
         edit = json.dumps(manifest)
     (out / shards.MANIFEST).write_text(edit)
-    with pytest.raises(ValueError, match=str(out / shards.MANIFEST)) as e:
+    with pytest.raises(ValueError, match=re.escape(str(out / shards.MANIFEST))) as e:
         shards.read_manifest(out)
     assert message in str(e.value)
     assert cli.main(["prepare", "--verify", str(out), "--quiet"]) == 2

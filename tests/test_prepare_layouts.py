@@ -84,7 +84,8 @@ def test_kaggle_val_rearranged_into_class_folders(data, from_archives, tmp_path)
     wrong = d.files["val"] / val[0][0] / d.val_names[0]
     other = next(w for w in sorted(train) if w != val[0][0])
     wrong.rename(d.files["val"] / other / d.val_names[0])
-    with pytest.raises(UserError, match=f"lies in the folder {other} but LOC_val_solution.csv says {val[0][0]}"):
+    message = f"lies in the folder {other} but LOC_val_solution.csv says {val[0][0]}"
+    with pytest.raises(UserError, match=re.escape(message)):
         run(tmp_path / "src", tmp_path / "out2")
 
 
