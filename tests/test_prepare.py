@@ -4,6 +4,7 @@ Checked: labels of every validation image (ILSVRC ids deliberately not in sorted
 non-leaf synsets in meta.mat), pixels against a direct resize and crop, mean and PCA against
 numpy, resume after an interruption, rejects, the traversal guard, the clear errors, --verify.
 """
+import collections
 import hashlib
 import io
 import os
@@ -406,7 +407,8 @@ def test_error_ground_truth_count(small_src, tmp_path, capsys):
 
 
 def test_error_no_room_on_disk(small_src, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 12, 10 ** 12 - 1000, 1000))
+    usage = collections.namedtuple("usage", "total used free")  # shutil.disk_usage's; prepare reads .free
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 12, 10 ** 12 - 1000, 1000))
     err = _error_line(capsys, ["--source", str(small_src[0].root), "--out", str(tmp_path / "o")])
     assert "not enough disk space" in err
     assert not shards.list_shards(tmp_path / "o", "train")

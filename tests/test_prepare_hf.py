@@ -2,6 +2,7 @@
 against the official archives written from the same images (data_prep/fake_ilsvrc.py): the same
 shards byte for byte with the devkit beside the data, the staged JPEG bytes (reused on resume,
 removed at the end), the source forms a download takes, and one-line errors."""
+import collections
 import io
 import os
 import re
@@ -306,7 +307,8 @@ def test_the_catalogue_before_staging_names_rows_not_bytes(data, tmp_path, monke
     cat = prepare.layouts.catalog(tmp_path / "src")
     it = cat.splits["train"][0]
     assert it.size == -1 and it.path in {str(p) for p in d.parquet["train"]}
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 ** 12, 10 ** 12 - 10, 10))
+    usage = collections.namedtuple("usage", "total used free")  # shutil.disk_usage's; stage reads .free
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 12, 10 ** 12 - 10, 10))
     with pytest.raises(UserError, match="not enough disk space .* to stage the images' JPEG bytes"):
         hf_parquet.stage(cat, tmp_path / "out")
 
