@@ -123,6 +123,11 @@ def test_default_model_keeps_activations_channels_last():
 
 @pytest.mark.parametrize("shape", [(5, 7, 3), (128, 9216, 16)])
 def test_onednn_linear_equals_linear(shape, monkeypatch):
+    """oneDNN's products equal F.linear's, and F.linear takes over without the op. Where torch has
+    oneDNN, the fast path must be taken: the op is private (torch.ops.mkldnn._linear_pointwise),
+    and a torch without it would otherwise compare F.linear with itself here, and pass."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip(f"torch {torch.__version__} is built without oneDNN: fast_fc computes F.linear")
     n, n_in, n_out = shape
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, n_in, generator=g, requires_grad=True)
@@ -131,9 +136,12 @@ def test_onednn_linear_equals_linear(shape, monkeypatch):
     fast.load_state_dict(lin.state_dict())
     gy = torch.randn(n, n_out, generator=g)
     want = torch.autograd.grad(lin(x), (x, lin.weight, lin.bias), gy)
+    assert linear._matmul is not None, (f"torch {torch.__version__} has oneDNN but no "
+                                        "torch.ops.mkldnn._linear_pointwise: fast_fc falls back to F.linear; "
+                                        "repro/fast/linear.py needs another op")
+    assert linear.available(x, fast.weight)
     out = fast(x)
-    if linear.available(x, fast.weight):
-        assert "Linear" in type(out.grad_fn).__name__  # oneDNN's path, not F.linear's
+    assert "Linear" in type(out.grad_fn).__name__  # oneDNN's path, not F.linear's
     got = torch.autograd.grad(out, (x, fast.weight, fast.bias), gy)
     # sum |terms| of each element (tests/tolerance.py, rule 1): the same products on |values|
     xa, wa, ba = (t.detach().double().abs().requires_grad_() for t in (x, lin.weight, lin.bias))
