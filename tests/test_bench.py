@@ -130,7 +130,11 @@ def test_prepare_profile_names_stages_it_finds():
 
 
 def test_prepare_write_costs_measure_both_cases():
-    """benchmarks/bench_prepare.py --writes at a tiny size: both cases, as kernel milliseconds."""
+    """benchmarks/bench_prepare.py --writes at a tiny size: both cases, as kernel milliseconds per
+    image. Writing a 196,608-byte image into the page cache takes the kernel 0.02-0.2 ms; under
+    10 ms holds on any machine and catches a slip of units (microseconds: 20-200). A case may
+    read 0: where the kernel counts CPU time by ticks (4-10 ms), one 64-image write of 3 ms may
+    get none of the process's system time, so neither is required to be positive."""
     costs = bench.load("prepare").write_costs(images=64, rounds=1, settle=0.0)
     assert sorted(costs) == ["new file, pages just freed", "new file, pages not in use recently"]
-    assert all(0 <= ms < 100 for ms in costs.values()), costs
+    assert all(isinstance(ms, float) and 0 <= ms < 10 for ms in costs.values()), costs  # NaN fails too
