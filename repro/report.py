@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
-from repro import data, evaluate, figures, files, rundir, tables
+from repro import checkpoint, data, evaluate, figures, files, rundir, tables
 from repro.errors import ArgumentParser, UserError, at_least, device
 
 DASH = "—"
@@ -96,6 +97,12 @@ def _ensembles(run_dirs, records, published) -> list[tables.Run]:
                if (p := evaluate.record_path(r, split, v, "-ensemble")).is_file()}
         if not ens:
             continue
+        stale = _stale_members(next(iter(ens.values()))["ensemble"])
+        if stale:  # numbers of other checkpoints than the runs shown: left out, and said
+            members = " ".join(m["run_dir"] for m in next(iter(ens.values()))["ensemble"][1:])
+            print(f"report: left out the ensemble record of {r} ({stale}); `./run.sh eval {r} --ensemble "
+                  f"{members}` makes it anew", file=sys.stderr)
+            continue
         members = [m["run_dir"] for m in next(iter(ens.values()))["ensemble"]]
         cfgs = [rundir.read_config(m) for m in members if (Path(m) / rundir.CONFIG).is_file()]
         run = tables.describe(f"ensemble of {len(members)} ({r.name})", rundir.read_config(r), ens,
@@ -103,6 +110,18 @@ def _ensembles(run_dirs, records, published) -> list[tables.Run]:
         run.changes = sorted({c for cfg in cfgs for c, test in tables.ABLATIONS.items() if test(cfg)})
         found.append(run)
     return found
+
+
+def _stale_members(members: list[dict]) -> str:
+    """Why an ensemble record no longer stands for its runs ('' if it does): a member run gone, or
+    one whose latest checkpoint is not the one the record averaged."""
+    for m in members:
+        latest = checkpoint.latest(m["run_dir"]) if Path(m["run_dir"]).is_dir() else None
+        if latest is None:
+            return f"its member {m['run_dir']} is gone"
+        if latest.name != Path(m["checkpoint"]["path"]).name:
+            return f"it averaged {m['run_dir']} at step {m['checkpoint']['step']}, whose latest checkpoint is {latest.name}"
+    return ""
 
 
 def _provenance(name: str, run_dir: Path, rec: dict, run: tables.Run) -> dict:

@@ -161,3 +161,29 @@ def test_a_subset_run_is_shown_as_a_subset_never_beside_the_papers_numbers():
         assert all(ln["run"] is None for t in published["tables"] for ln in tables.table_lines(t, [run]))
     full = tables.describe("full", _small_config("model.num_classes=1000"), records("val", 2012, 0.40), published)
     assert full.ilsvrc and any(ln["run"] == "full" for t in published["tables"] for ln in tables.table_lines(t, [full]))
+
+
+@pytest.mark.slow
+def test_an_ensemble_is_reported_only_while_its_record_stands_for_its_runs(tiny_run, tmp_path, capsys):
+    """`eval A --ensemble B` records the ensemble in A; the report shows it beside A. Once B is
+    gone (or A or B trained on), the record no longer stands for the runs: left out, and said."""
+    import shutil
+
+    from repro import cli, rundir
+
+    a, b = (shutil.copytree(tiny_run, tmp_path / n, ignore=shutil.ignore_patterns("eval", rundir.RunLock.NAME))
+            for n in ("a", "b"))
+    assert cli.main(["eval", str(a), "--ensemble", str(b), "--workers", "0"]) == 0
+    args = [str(a), "--out", str(tmp_path / "results"), "--name", "r", "--workers", "0",
+            "--figure4-images", "1", "--neighbours", "1"]
+
+    def ensembles() -> list:
+        assert report.main(args) == 0
+        return [e["members"] for e in json.loads((tmp_path / "results" / "r" / "report.json").read_text())["ensembles"]]
+
+    assert ensembles() == [["a", "b"]]
+    shutil.rmtree(b)
+    capsys.readouterr()
+    assert ensembles() == []
+    err = capsys.readouterr().err
+    assert f"left out the ensemble record of {a} (its member {b} is gone)" in err and "--ensemble" in err
