@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -280,6 +281,7 @@ def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
     writer = not distributed or dist.get_rank() == 0
     train_images = check_data(cfg, data_root)
     set_precision(cfg.speed)
+    made = not run_dir.exists()
     files.make_dir(run_dir, "--run-dir")
     lock = lock_run_dir(run_dir, writer, distributed, placement.output_device)
     try:
@@ -287,6 +289,8 @@ def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
     except BaseException:
         if lock:
             lock.release()
+            if made and [p.name for p in run_dir.iterdir()] == [rundir.RunLock.NAME]:
+                shutil.rmtree(run_dir, ignore_errors=True)  # made here, nothing in it but the lock: not left behind
         raise
 
 

@@ -446,13 +446,19 @@ def test_the_metrics_window_counts_errors_on_the_device_and_reads_them_at_its_li
 
 def test_missing_validation_shards_stop_training_before_it_starts(tiny_shards, tmp_path):
     """Validation reads its shards only after an epoch's training: a val shard missing or cut
-    short is found before the first step, and no run directory is made for nothing."""
+    short is found before the first step, and no run directory is made for nothing (nor left
+    behind when the data fails a check made once the directory is locked: stats.h5)."""
     from repro.train import last_checkpoint
 
     data = shutil.copytree(tiny_shards, tmp_path / "data")
     (data / "val-00000.h5").unlink()
     run = tmp_path / "run"
     with pytest.raises(UserError, match="val-00000.h5 is missing"):
+        train(small_config(), data, run)
+    assert not run.exists()
+    shutil.copy(tiny_shards / "val-00000.h5", data)
+    (data / "stats.h5").write_bytes(b"damaged")  # found once the run directory is locked: it goes again
+    with pytest.raises(UserError, match="stats.h5"):
         train(small_config(), data, run)
     assert not run.exists()
     run.mkdir()
