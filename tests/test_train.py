@@ -288,11 +288,21 @@ def run_launcher(command: list[str], timeout: float) -> subprocess.CompletedProc
 
 
 def host_name_resolves() -> bool:
+    """Whether this machine's host name (what torchrun's agents advertise to each other) names an
+    address of this machine: one that resolves elsewhere (a stale /etc/hosts, a cloud DNS name of
+    another interface) would hang the launch as one that does not resolve at all."""
     try:
-        socket.getaddrinfo(socket.getfqdn(), None)
-        return True
+        found = socket.getaddrinfo(socket.getfqdn(), None, type=socket.SOCK_STREAM)
     except OSError:
         return False
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.bind((address[0], 0))
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @pytest.mark.slow
