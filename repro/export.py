@@ -461,7 +461,8 @@ def parse_args(argv):
                         "(.pt, .onnx, .safetensors), else torchscript)")
     p.add_argument("--out", help="output file (default RUN_DIR/export/<run name>.pt, .onnx or "
                                  ".safetensors); onnx writes NAME.ten_view.onnx beside it; with "
-                                 "--format all, the common name to which each format adds its suffix")
+                                 "--format all, the common name to which each format adds its suffix; "
+                                 "a file already there is replaced, once the new one is complete")
     p.add_argument("--data", help="prepared data with manifest.json and stats.h5 (default: the run's own)")
     return p.parse_args(argv)
 
