@@ -390,11 +390,12 @@ def check_data(cfg: Config, data_root: Path) -> int:
     # all, as the GPU check's, trains until the first epoch's end.)
     if manifest["splits"].get(cfg.data.val_split, {}).get("shards"):
         data.open_split(data_root, cfg.data.val_split)
-    return len(data.open_split(data_root, "train"))
+    images = len(data.open_split(data_root, "train"))
     subset = manifest.get("subset")
     if subset:  # said once, up front: such a run is a check of the recipe, not a paper row
         print(f"training on a subset of ILSVRC: {subset.get('classes')} of its {subset.get('of')} classes "
               f"({subset.get('selected_by')}); its errors are not comparable with the paper's", flush=True)
+    return images
 
 
 def nothing_to_do(run: Run) -> bool:

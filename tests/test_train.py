@@ -473,3 +473,16 @@ def test_missing_validation_shards_stop_training_before_it_starts(tiny_shards, t
     assert not run.exists()
     run.mkdir()
     assert last_checkpoint(run) == "no checkpoint yet (--resume starts the run over from step 0)"
+
+
+def test_training_on_a_subset_says_so_first(tiny_shards, tmp_path, capsys):
+    """Data prepared with --classes N (manifest.json's "subset"): the trainer says, before the
+    first step, that its errors are not comparable with the paper's."""
+    data = shutil.copytree(tiny_shards, tmp_path / "data")
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["subset"] = {"classes": 4, "of": 1000, "selected_by": "--classes 4", "wnids_sha256": "0" * 64}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    train(small_config("train.max_steps=1"), data, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert out.startswith("training on a subset of ILSVRC: 4 of its 1000 classes (--classes 4); its errors "
+                          "are not comparable with the paper's"), out
