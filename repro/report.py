@@ -97,30 +97,46 @@ def _ensembles(run_dirs, records, published) -> list[tables.Run]:
                if (p := evaluate.record_path(r, split, v, "-ensemble")).is_file()}
         if not ens:
             continue
-        stale = _stale_members(next(iter(ens.values()))["ensemble"])
+        about = next(iter(ens.values()))["ensemble"]
+        dirs = [_member_dir(m, r, i) for i, m in enumerate(about)]
+        stale = _stale(about, dirs)
         if stale:  # numbers of other checkpoints than the runs shown: left out, and said
-            members = " ".join(m["run_dir"] for m in next(iter(ens.values()))["ensemble"][1:])
-            print(f"report: left out the ensemble record of {r} ({stale}); `./run.sh eval {r} --ensemble "
-                  f"{members}` makes it anew", file=sys.stderr)
+            others = " ".join(str(d) for d in dirs[1:] if d is not None)
+            again = (f"`./run.sh eval {r} --ensemble {others}" + ("" if split == rundir.read_config(r).data.eval_split
+                                                                  else f" --split {split}") + "` makes it anew")
+            print(f"report: left out the ensemble record of {r} ({stale}); "
+                  + (again if others else "an ensemble needs other runs"), file=sys.stderr)
             continue
-        members = [m["run_dir"] for m in next(iter(ens.values()))["ensemble"]]
-        cfgs = [rundir.read_config(m) for m in members if (Path(m) / rundir.CONFIG).is_file()]
-        run = tables.describe(f"ensemble of {len(members)} ({r.name})", rundir.read_config(r), ens,
-                              published, members=[Path(m).name for m in members])
+        cfgs = [rundir.read_config(d) for d in dirs]
+        run = tables.describe(f"ensemble of {len(about)} ({r.name})", rundir.read_config(r), ens,
+                              published, members=[d.name for d in dirs])
         run.changes = sorted({c for cfg in cfgs for c, test in tables.ABLATIONS.items() if test(cfg)})
         found.append(run)
     return found
 
 
-def _stale_members(members: list[dict]) -> str:
+def _member_dir(member: dict, first: Path, index: int) -> Path | None:
+    """Where a member run of an ensemble record is now: the first is the run reported; the others
+    as `eval` was given them, else beside the first (the record was made from another directory,
+    or the runs moved together); None if neither is a run."""
+    if index == 0:
+        return first
+    given = Path(member["run_dir"])
+    for candidate in (given, first.parent / given.name):
+        if (candidate / rundir.CONFIG).is_file():
+            return candidate
+    return None
+
+
+def _stale(members: list[dict], dirs: list[Path | None]) -> str:
     """Why an ensemble record no longer stands for its runs ('' if it does): a member run gone, or
-    one whose latest checkpoint is not the one the record averaged."""
-    for m in members:
-        latest = checkpoint.latest(m["run_dir"]) if Path(m["run_dir"]).is_dir() else None
-        if latest is None:
-            return f"its member {m['run_dir']} is gone"
-        if latest.name != Path(m["checkpoint"]["path"]).name:
-            return f"it averaged {m['run_dir']} at step {m['checkpoint']['step']}, whose latest checkpoint is {latest.name}"
+    one whose checkpoint now evaluated (the newest sound one) is not the one the record averaged."""
+    for m, d in zip(members, dirs):
+        ckpt = checkpoint.newest_sound(d, say=lambda text: None) if d is not None else None
+        if ckpt is None:
+            return f"its member {m['run_dir']} is gone" if d is None else f"its member {d} has no sound checkpoint"
+        if evaluate.checkpoint_record(ckpt)["sha256"] != m["checkpoint"].get("sha256"):
+            return f"it averaged {d} at step {m['checkpoint'].get('step')}, whose checkpoint is now {ckpt.name}"
     return ""
 
 

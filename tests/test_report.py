@@ -165,8 +165,9 @@ def test_a_subset_run_is_shown_as_a_subset_never_beside_the_papers_numbers():
 
 @pytest.mark.slow
 def test_an_ensemble_is_reported_only_while_its_record_stands_for_its_runs(tiny_run, tmp_path, capsys):
-    """`eval A --ensemble B` records the ensemble in A; the report shows it beside A. Once B is
-    gone (or A or B trained on), the record no longer stands for the runs: left out, and said."""
+    """`eval A --ensemble B` records the ensemble in A; the report shows it beside A, also once A
+    and B have moved together. Once B is gone (or A or B trained on), the record no longer stands
+    for the runs: left out, and said."""
     import shutil
 
     from repro import cli, rundir
@@ -174,16 +175,19 @@ def test_an_ensemble_is_reported_only_while_its_record_stands_for_its_runs(tiny_
     a, b = (shutil.copytree(tiny_run, tmp_path / n, ignore=shutil.ignore_patterns("eval", rundir.RunLock.NAME))
             for n in ("a", "b"))
     assert cli.main(["eval", str(a), "--ensemble", str(b), "--workers", "0"]) == 0
-    args = [str(a), "--out", str(tmp_path / "results"), "--name", "r", "--workers", "0",
-            "--figure4-images", "1", "--neighbours", "1"]
 
-    def ensembles() -> list:
-        assert report.main(args) == 0
+    def ensembles(run) -> list:
+        assert report.main([str(run), "--out", str(tmp_path / "results"), "--name", "r", "--workers", "0",
+                            "--figure4-images", "1", "--neighbours", "1"]) == 0
         return [e["members"] for e in json.loads((tmp_path / "results" / "r" / "report.json").read_text())["ensembles"]]
 
-    assert ensembles() == [["a", "b"]]
+    assert ensembles(a) == [["a", "b"]]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    a, b = shutil.move(a, moved / "a"), shutil.move(b, moved / "b")
+    assert ensembles(a) == [["a", "b"]]  # the record names tmp_path/b; b is found beside a
     shutil.rmtree(b)
     capsys.readouterr()
-    assert ensembles() == []
+    assert ensembles(a) == []
     err = capsys.readouterr().err
-    assert f"left out the ensemble record of {a} (its member {b} is gone)" in err and "--ensemble" in err
+    assert f"left out the ensemble record of {a} (its member {tmp_path / 'b'} is gone)" in err, err
