@@ -328,8 +328,9 @@ def from_dict(data: dict, where: str, cls=Config, prefix: str = "", given: froze
 
 
 def _source(name: str, given: frozenset, where: str) -> str:
-    """Where a value came from: `--set NAME` if that option set it (or a section under it), else the file."""
-    hit = next((g for g in given if g == name or g.startswith(name + ".")), None)
+    """Where a value came from: `--set NAME` if that option set it, a key under it (a whole section
+    given as a TOML table) or a section holding it, else the file."""
+    hit = next((g for g in given if g == name or g.startswith(name + ".") or name.startswith(g + ".")), None)
     return f"--set {hit}" if hit else where
 
 

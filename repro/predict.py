@@ -79,8 +79,8 @@ def main(argv) -> int:
         except UserError as e:
             skipped.append(str(e))
     if not read:
-        raise UserError(skipped[0] if len(skipped) == 1 else f"none of the {len(skipped)} files is an image "
-                        f"Pillow can read ({skipped[0]}; ...)")
+        raise UserError(skipped[0] if len(skipped) == 1 else f"none of the {len(skipped)} files could be read "
+                        f"(the first: {skipped[0]})")
     for reason in skipped:
         print(f"predict: skipped: {reason}", file=sys.stderr)
     probs = ten_view_probs(model, normalizer, np.stack(read))

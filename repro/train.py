@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import math
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -288,9 +287,13 @@ def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
         return _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock, train_images)
     except BaseException:
         if lock:
-            lock.release()
             if made and [p.name for p in run_dir.iterdir()] == [rundir.RunLock.NAME]:
-                shutil.rmtree(run_dir, ignore_errors=True)  # made here, nothing in it but the lock: not left behind
+                # made here, nothing in it but the lock: not left behind. Removed while the lock is
+                # held (no other trainer can have started in it), and rmdir fails if anything else is there
+                with contextlib.suppress(OSError):
+                    lock.path.unlink()
+                    run_dir.rmdir()
+            lock.release()
         raise
 
 

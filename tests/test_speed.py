@@ -174,7 +174,7 @@ def test_keep_freed_memory_stops_refaulting_big_blocks():
     high-water mark. How many rounds that takes varies from run to run (1 to 4 of 3 blocks each
     on this project's machine, with both Pythons CI uses); the last of 12 rounds is measured.
 
-    The faults counted are those of glibc's own malloc with its defaults in 4 KB pages, whatever
+    The faults counted are those of glibc's own malloc with its defaults in base pages, whatever
     the environment: the child runs without LD_PRELOAD (jemalloc, tcmalloc: another allocator),
     the MALLOC_* variables and GLIBC_TUNABLES (other thresholds; MALLOC_MMAP_MAX_=0 or a large
     MALLOC_MMAP_THRESHOLD_ alone keeps freed blocks), and with transparent huge pages turned off
@@ -210,9 +210,11 @@ def test_keep_freed_memory_stops_refaulting_big_blocks():
                              check=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
         small_pages.append(out.stdout.split()[0] == "True")
         counts[mode] = int(out.stdout.split()[-1])
-    # by default every page of the 3 freed blocks is faulted in again: 240 MB in 4 KB pages, or
-    # at least 120 faults of at most 2 MB where huge pages could not be turned off
-    assert counts["default"] > (0.9 * 3 * (80 << 20) / 4096 if all(small_pages) else 100), counts
+    # by default every page of the 3 freed blocks is faulted in again: 240 MB in base pages (4 KB
+    # on x86-64; 16 or 64 KB on some arm64 kernels), or at least 120 faults of at most 2 MB where
+    # huge pages could not be turned off
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert counts["default"] > (0.9 * 3 * (80 << 20) / page if all(small_pages) else 100), counts
     assert counts["keep"] < counts["default"] / 10, counts
 
 
