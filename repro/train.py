@@ -89,6 +89,14 @@ def main(argv) -> int:
     else:
         data_root = Path(cfg.data.shards)
     train(cfg, data_root, run_dir, resume=args.resume)
+    if dist.is_initialized():
+        # Every process got here together (they stop at the same step). Tear the process group
+        # down while the interpreter is whole: left to the exit, gloo's threads could outlive it,
+        # and a process crashed or hung there (rarely, on a loaded CPU), which left the other
+        # torchrun agents waiting at their exit barrier. (Not on an error: a process that failed
+        # alone would wait here for the others.)
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
