@@ -295,12 +295,12 @@ def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
         return _set_up_locked(cfg, data_root, run_dir, resume, placement, part, parts, writer, lock, train_images)
     except BaseException:
         if lock:
-            if made and [p.name for p in run_dir.iterdir()] == [rundir.RunLock.NAME]:
-                # made here, nothing in it but the lock: not left behind. Removed while the lock is
-                # held (no other trainer can have started in it), and rmdir fails if anything else is there
+            if made:  # made here and holding nothing but the lock: not left behind. Removed while the
+                # lock is held (no other trainer can have started in it); rmdir fails if anything else is there
                 with contextlib.suppress(OSError):
-                    lock.path.unlink()
-                    run_dir.rmdir()
+                    if [p.name for p in run_dir.iterdir()] == [rundir.RunLock.NAME]:
+                        lock.path.unlink()
+                        run_dir.rmdir()
             lock.release()
         raise
 
