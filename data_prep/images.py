@@ -38,7 +38,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 SIZE = 256
 RESAMPLE = Image.Resampling.BICUBIC
@@ -82,6 +82,8 @@ def decode_rgb(data: bytes) -> Image.Image:
                 im = im.convert("RGB")
     except Image.DecompressionBombError as e:
         raise BadImage(f"too large: {e}") from None
+    except UnidentifiedImageError:  # Pillow's text names its in-memory file object, not the file
+        raise BadImage("not an image file Pillow can read (cannot identify image file)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "broken"
         raise BadImage(one_line(e)) from None
     except Exception as e:  # a decoder tripping over a malformed file must not stop the run

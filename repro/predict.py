@@ -30,8 +30,7 @@ def prepare_image(path: str | Path) -> np.ndarray:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     except image_prep.BadImage as e:
-        reason = "not an image file Pillow can read" if "cannot identify image file" in str(e) else str(e)
-        raise UserError(f"cannot read image {path}: {reason}") from None
+        raise UserError(f"cannot read image {path}: {e}") from None
 
 
 @torch.no_grad()

@@ -641,7 +641,8 @@ def test_rejects_tsv_is_the_same_for_the_same_bad_inputs(data, src, tmp_path):
 def test_reasons_never_hold_object_addresses():
     with pytest.raises(images.BadImage) as e:
         images.load(b"this is not an image")
-    assert str(e.value) == "cannot identify image file <_io.BytesIO object>"
+    assert str(e.value) == "not an image file Pillow can read (cannot identify image file)"
+    assert images.deterministic("cannot read <_io.BytesIO object at 0x7f3a2c1d9e50>") == "cannot read <_io.BytesIO object>"
 
 
 def edit_manifest(out, fn) -> None:
