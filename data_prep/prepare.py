@@ -640,12 +640,9 @@ def main(argv: list[str] | None = None) -> int:
         if ignored:
             raise UserError(f"{ignored[0]} does not apply to --verify, which checks the finished preparation in "
                             f"{args.verify} as its manifest.json describes it: drop {ignored[0]}")
-        if not Path(args.verify).is_dir():
-            raise UserError(f"--verify {args.verify}: " + ("a file, not a directory" if Path(args.verify).exists()
-                                                           else "no such directory"))
-        if args.source and not Path(args.source).is_dir():
-            raise UserError(f"--source {args.source}: " + ("a file, not a directory" if Path(args.source).exists()
-                                                           else "no such directory"))
+        files.check_dir(args.verify, "--verify")
+        if args.source:
+            files.check_dir(args.source, "--source")
         return verify_main(Path(args.verify), args.workers, quiet=args.quiet,
                            source=Path(args.source) if args.source else None)
     if args.workers < 1:

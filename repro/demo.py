@@ -20,7 +20,7 @@ from pathlib import Path
 
 from data_prep import demo_data
 from data_prep import prepare as prep
-from repro import checkpoint, evaluate, report, rundir
+from repro import checkpoint, evaluate, files, report, rundir
 from repro.config import CONFIG_DIR, load_config
 from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
@@ -56,8 +56,7 @@ def main(argv) -> int:
     base, run_dir = Path(args.dir + suffix), Path(args.run_dir + suffix)
     out = base / "results" if args.smoke else Path(args.out)
     for path, option in ((base, "--dir"), (run_dir, "--run-dir"), (out, "--out")):
-        if path.exists() and not path.is_dir():  # said now, not after generating and preparing
-            raise UserError(f"{option}: {path} is a file, not a directory: choose another {option}")
+        files.check_dir(path, option, must_exist=False)  # said now, not after generating and preparing
     archives, shards = base / "archives", base / "shards"
     cfg = load_config(CONFIG_DIR / "demo.toml", (SMOKE_SETTINGS if args.smoke else []) + args.set)
     cfg.data.shards = str(shards)

@@ -18,12 +18,22 @@ from typing import BinaryIO, Callable
 from repro.errors import UserError
 
 
+def check_dir(path: str | Path, option: str, must_exist: bool = True) -> Path:
+    """A directory the user named (`option`, e.g. "--verify"): a file there, or (`must_exist`)
+    nothing there, is a UserError (one line), said before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a directory: pass a directory"
+                        + ("" if must_exist else " (created if missing)"))
+    if must_exist and not path.exists():
+        raise UserError(f"{option} {path}: no such directory")
+    return path
+
+
 def make_dir(path: str | Path, option: str) -> Path:
     """A directory the user named (`option`, e.g. "--out"), created with its parents if missing;
     a file there, or a place where no directory can be made, is a UserError (one line)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {path} is a file, not a directory: pass a directory (created if missing)")
+    path = check_dir(path, option, must_exist=False)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -72,7 +72,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from repro import machine
+from repro import files, machine
 from repro.config import DEFAULT_CONFIG, Config, SpeedConfig, load_config
 from repro.model import set_precision
 from repro.tolerance import FLOAT32_NET_TOL, FLOAT64_TOL, U32, rel_err
@@ -1515,8 +1515,6 @@ def _finish(ctx: Context, result: dict) -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    from repro import files
-
     files.atomic_write(out, json.dumps(_plain(result), indent=1) + "\n", durable=False)
 
 
@@ -1613,8 +1611,8 @@ def main(args) -> int:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write {out} ({e.strerror}): choose another --out") from None
-    if args.tmp and not Path(args.tmp).is_dir():
-        raise UserError(f"--tmp {args.tmp}: " + ("a file, not a directory" if Path(args.tmp).exists() else "no such directory"))
+    if args.tmp:
+        files.check_dir(args.tmp, "--tmp")
     result = run(device, args.quick, out, args.tmp, args.profile, args.budget)
     if args.json:
         print(json.dumps(_plain(result), indent=1))

@@ -77,8 +77,7 @@ def main(argv) -> int:
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
         run_dir = Path(args.run_dir or f"runs/{cfg.name}")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UserError(f"--run-dir {run_dir} is a file, not a directory: choose another --run-dir")
+        files.check_dir(run_dir, "--run-dir", must_exist=False)
         if (run_dir / rundir.CONFIG).exists():
             raise UserError(f"{run_dir} already holds a run: add --resume to continue it (one that "
                             f"stopped before its first checkpoint starts over), or choose another --run-dir")

@@ -127,7 +127,7 @@ def test_wrong_paths_and_options_that_do_not_apply_are_one_line(tiny_run, tmp_pa
         (["report", str(tiny_run), "--out", str(a_file)], "cannot create --out " + str(a_file / "tiny")),
         (["eval", str(tiny_run), "--ensemble", str(tiny_run)], "is given twice"),
         (["eval", str(tiny_run), "--other-data"], "--other-data goes with --data"),
-        (["demo", "--dir", str(a_file)], "--dir: " + str(a_file) + " is a file"),
+        (["demo", "--dir", str(a_file)], "--dir " + str(a_file) + " is a file"),
         (["bench", "--model", "lrn"], "drop NAME"),
         (["bench", "--gpu", "--device", "cpu", "--out", str(tmp_path)], "is a directory: name the JSON file"),
         (["prepare", "--verify", str(tmp_path / "none")], "no such directory"),
