@@ -99,7 +99,7 @@ def _ensembles(run_dirs, records, published) -> list[tables.Run]:
             continue
         about = next(iter(ens.values()))["ensemble"]
         dirs = [_member_dir(m, r, i) for i, m in enumerate(about)]
-        stale = _stale(about, dirs)
+        stale = _stale(about, dirs, next(iter(rec.values()))["checkpoint"])
         if stale:  # numbers of other checkpoints than the runs shown: left out, and said
             others = " ".join(str(d) for d in dirs[1:] if d is not None)
             again = (f"`./run.sh eval {r} --ensemble {others}" + ("" if split == rundir.read_config(r).data.eval_split
@@ -128,16 +128,25 @@ def _member_dir(member: dict, first: Path, index: int) -> Path | None:
     return None
 
 
-def _stale(members: list[dict], dirs: list[Path | None]) -> str:
+def _stale(members: list[dict], dirs: list[Path | None], first: dict) -> str:
     """Why an ensemble record no longer stands for its runs ('' if it does): a member run gone, or
-    one whose checkpoint now evaluated (the newest sound one) is not the one the record averaged."""
-    for m, d in zip(members, dirs):
-        ckpt = checkpoint.newest_sound(d, say=lambda text: None) if d is not None else None
+    one whose checkpoint now evaluated (the newest sound one) is not the one the record averaged.
+    `first`: the checkpoint record of the first run, just evaluated (not checked again here)."""
+    for i, (m, d) in enumerate(zip(members, dirs)):
+        if d is None:
+            return f"its member {m['run_dir']} is gone"
+        ckpt = first if i == 0 else _checkpoint_now(d)
         if ckpt is None:
-            return f"its member {m['run_dir']} is gone" if d is None else f"its member {d} has no sound checkpoint"
-        if evaluate.checkpoint_record(ckpt)["sha256"] != m["checkpoint"].get("sha256"):
-            return f"it averaged {d} at step {m['checkpoint'].get('step')}, whose checkpoint is now {ckpt.name}"
+            return f"its member {d} has no sound checkpoint"
+        if ckpt["sha256"] != m["checkpoint"].get("sha256"):
+            return f"it averaged {d} at step {m['checkpoint'].get('step')}, whose checkpoint is now step {ckpt['step']}"
     return ""
+
+
+def _checkpoint_now(run_dir: Path) -> dict | None:
+    """The record of the checkpoint `eval` would use for a run now (its newest sound one)."""
+    ckpt = checkpoint.newest_sound(run_dir, say=lambda text: None)
+    return evaluate.checkpoint_record(ckpt) if ckpt is not None else None
 
 
 def _provenance(name: str, run_dir: Path, rec: dict, run: tables.Run) -> dict:

@@ -186,6 +186,15 @@ def test_an_ensemble_is_reported_only_while_its_record_stands_for_its_runs(tiny_
     moved.mkdir()
     a, b = shutil.move(a, moved / "a"), shutil.move(b, moved / "b")
     assert ensembles(a) == [["a", "b"]]  # the record names tmp_path/b; b is found beside a
+    newest = checkpoint.latest(b)
+    shutil.move(newest, tmp_path / "aside")  # b's checkpoint now: an older one
+    capsys.readouterr()
+    assert ensembles(a) == []
+    err = capsys.readouterr().err
+    assert f"left out the ensemble record of {a} (it averaged {b} at step 6, whose checkpoint is now step 5)" in err, err
+    assert f"./run.sh eval {a} --ensemble {b}`" in err
+    shutil.move(tmp_path / "aside", newest)
+    assert ensembles(a) == [["a", "b"]]
     shutil.rmtree(b)
     capsys.readouterr()
     assert ensembles(a) == []
