@@ -154,7 +154,8 @@ STAGES = {  # what one worker's time per image goes to: (cProfile entry, own or 
     "resizing (Pillow's two passes)": ("<method 'resize' of 'ImagingCore' objects>", "own"),
     "SHA-256 (the images' bytes, the shards)": ("sha256.update", "own"),
     "exact sums for the mean and covariance (per training image)": ("stats.py:_add", "cumulative"),
-    "HDF5 writes": ("dataset.py:__setitem__", "cumulative"),
+    "writing the images into the shards (pwrite)": ("<built-in method posix.pwrite>", "own"),
+    "dropping the written pages (posix_fadvise)": ("<built-in method posix.posix_fadvise>", "own"),
     "building shards, all of it": ("workers.py:build_shard", "cumulative"),
 }
 

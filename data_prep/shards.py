@@ -42,13 +42,14 @@ Every file is written under a temporary name and renamed when complete (repro/fi
 running reader never sees a half-written shard. (After a power failure, a shard renamed but not yet flushed to the disk
 could be: prepare flushes each shard before recording it as done, checks recorded shards by hash
 when it resumes, and writes the manifest, which readers start from, only after every shard is
-flushed.) ShardWriter writes a shard a chunk of images at a time; write_shard is the
-same for a shard held in memory. No timestamps are stored (track_times=False), so the same
+flushed.) ShardWriter writes a shard a chunk of images at a time (streamed, when the plan is
+known: see its docstring); write_shard is the same for a shard held in memory. No timestamps are stored (track_times=False), so the same
 images give byte-identical files.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -62,6 +63,7 @@ from repro import files
 
 SCHEMA_VERSION = 1
 IMAGE_SIZE = 256
+IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3  # one image in a shard
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 STATS = "stats.h5"
@@ -90,7 +92,8 @@ def write_shard(path: str | Path, images: np.ndarray, labels, ilsvrc_ids, filena
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if not (len(labels) == len(ilsvrc_ids) == len(filenames) == len(images)):
         raise ValueError("images, labels, ilsvrc_ids and filenames differ in length")
-    with ShardWriter(path, len(images), class_wnids, class_words, split, index) as w:
+    with ShardWriter(path, len(images), class_wnids, class_words, split, index,
+                     planned=(labels, ilsvrc_ids, filenames)) as w:
         w.append(images, labels, ilsvrc_ids, filenames)
 
 
@@ -100,16 +103,31 @@ class ShardWriter:
         with ShardWriter(path, capacity, class_wnids, class_words, "train", 3) as w:
             w.append(images, labels, ilsvrc_ids, filenames)   # as often as needed
         # renamed into place here; on an exception the temporary file is removed instead
+        w.sha256   # the file's SHA-256
 
     `capacity` is the number of images planned. A contiguous dataset cannot shrink, so if fewer
     are appended (some images rejected), close() copies them into a file of the exact size.
+
+    planned=(labels, ilsvrc_ids, filenames) of the `capacity` images, in order (prepare knows
+    them before it decodes anything): then the file is written streamed. Every dataset but the
+    images' bytes is written first (h5py, then closed), with the image block allocated but not
+    filled; the images then go straight to their place with pwrite, in order, hashed on the way,
+    so the file's SHA-256 needs no second read; and the pages written are dropped from the page
+    cache as the next ones are written (posix_fadvise starts their write-back and frees them once
+    clean), so a worker keeps reusing a few megabytes of just-freed pages instead of filling the
+    cache with fresh ones (on a virtual machine, pages not in use recently cost several times
+    more to write into: `python benchmarks/bench_prepare.py --writes`). Appending anything but
+    the plan (a rejected image shifts the rest) falls back to copying into an exact file.
+    Without a plan, h5py writes the images and sha256 reads the file back.
 
     durable=False skips the fsync before the rename (the file is still renamed only once complete):
     prepare's workers leave it to the parent process, so that they never wait for the disk.
     """
 
+    WRITE_BEHIND = 8 << 20  # bytes behind the last write that stay cached (two chunks of 32 images)
+
     def __init__(self, path: str | Path, capacity: int, class_wnids, class_words, split: str, index: int,
-                 durable: bool = True):
+                 durable: bool = True, planned: tuple | None = None):
         self.path = Path(path)
         self.durable = durable
         self.capacity = int(capacity)
@@ -117,11 +135,47 @@ class ShardWriter:
         self.split, self.index = split, index
         self.count = 0
         self._labels, self._ids, self._names = [], [], []
+        self._sha256 = None
+        self._fd = None
+        self._hash = self._tail = None
+        self._planned = None
+        self._file = None
         self._tmp = files.tmp_name(self.path)
-        self._file = h5py.File(self._tmp, "w")
-        # No chunks, no compression: the dataset is one contiguous block that np.memmap can map.
-        self._images = self._file.create_dataset(
-            "images", shape=(self.capacity, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8, track_times=False)
+        try:
+            self._file = h5py.File(self._tmp, "w")
+            if planned is not None and self.capacity > 0:
+                self._start_streamed(planned)
+            else:
+                # No chunks, no compression: the dataset is one contiguous block that np.memmap can map.
+                self._images = self._file.create_dataset(
+                    "images", shape=(self.capacity, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8,
+                    track_times=False)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _start_streamed(self, planned: tuple) -> None:
+        labels, ids, names = (list(x) for x in planned)
+        if not (len(labels) == len(ids) == len(names) == self.capacity):
+            raise ValueError(f"{self.path.name}: the plan lists {len(labels)} images, not {self.capacity}")
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # the block gets its place now, at a known offset
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # and is not filled with zeros first
+        images = self._file.create_dataset("images", shape=(self.capacity, IMAGE_SIZE, IMAGE_SIZE, 3),
+                                           dtype=np.uint8, track_times=False, dcpl=dcpl)
+        self._offset = int(images.id.get_offset())
+        self._write_meta(self._file, labels, ids, names)
+        self._file.close()
+        self._file = None
+        self._planned = (labels, ids, names)
+        self._fd = os.open(self._tmp, os.O_RDWR)
+        end = self._offset + self.capacity * IMAGE_BYTES
+        size = os.fstat(self._fd).st_size
+        if size < end:  # HDF5 extends the file over the block it allocated when it closes it
+            raise OSError(f"{self._tmp}: {size} bytes, but the image block ends at byte {end}")
+        self._hash = hashlib.sha256(_pread_all(self._fd, self._offset, 0))
+        self._tail = _pread_all(self._fd, size - end, end)
+        self._behind = (self._offset, self._offset)  # where the last two posix_fadvise calls ended
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -132,6 +186,15 @@ class ShardWriter:
         else:
             self.abort()
 
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the finished file (computed while streaming, else read back once)."""
+        if self._sha256 is None:
+            if self._fd is not None or self._file is not None:
+                raise ValueError(f"{self.path.name}: not closed yet")
+            self._sha256 = files.sha256(self.path)
+        return self._sha256
+
     def append(self, images: np.ndarray, labels, ilsvrc_ids, filenames) -> None:
         images = np.asarray(images, dtype=np.uint8)
         k = len(images)
@@ -141,30 +204,66 @@ class ShardWriter:
             raise ValueError("images, labels, ilsvrc_ids and filenames differ in length")
         if self.count + k > self.capacity:
             raise ValueError(f"{self.path.name}: more than the {self.capacity} images planned")
-        if k:
+        labels, ids, names = [int(x) for x in labels], [int(x) for x in ilsvrc_ids], [str(x) for x in filenames]
+        if k and self._fd is not None:
+            self._write_streamed(np.ascontiguousarray(images), labels, ids, names)
+        elif k:
             self._images[self.count:self.count + k] = images
         self.count += k
-        self._labels.extend(int(x) for x in labels)
-        self._ids.extend(int(x) for x in ilsvrc_ids)
-        self._names.extend(str(x) for x in filenames)
+        self._labels.extend(labels)
+        self._ids.extend(ids)
+        self._names.extend(names)
+
+    def _write_streamed(self, images: np.ndarray, labels, ids, names) -> None:
+        at = self._offset + self.count * IMAGE_BYTES
+        view = memoryview(images).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], at + done)
+        a, b = self.count, self.count + len(images)
+        if self._hash is not None:
+            if (labels, ids, names) == tuple(x[a:b] for x in self._planned):
+                self._hash.update(view)
+            else:
+                self._hash = None  # not what was planned: close() copies into an exact file
+        behind = at + len(view) - self.WRITE_BEHIND
+        if hasattr(os, "posix_fadvise") and behind > self._behind[1]:
+            # Starts the write-back of the bytes older than WRITE_BEHIND and frees them once clean:
+            # those this call reaches first are still being written back, so the next call covers
+            # them again (a page under write-back is not freed, and DONTNEED does not wait for it).
+            os.posix_fadvise(self._fd, self._behind[0], behind - self._behind[0], os.POSIX_FADV_DONTNEED)
+            self._behind = (self._behind[1], behind)
 
     def close(self) -> None:
-        if self._file is None:
+        if self._file is None and self._fd is None:
             raise ValueError(f"{self.path.name}: already closed")
-        if self.count < self.capacity:
-            self._shrink()
-        f = self._file
-        f.create_dataset("labels", data=np.asarray(self._labels, dtype=np.int16), track_times=False)
-        f.create_dataset("ilsvrc_ids", data=np.asarray(self._ids, dtype=np.int16), track_times=False)
-        f.create_dataset("filenames", data=self._names, dtype=_STR, track_times=False)
+        if self._fd is not None:
+            if self._hash is not None and self.count == self.capacity:  # as planned: the file is complete
+                self._hash.update(self._tail)
+                self._sha256 = self._hash.hexdigest()
+                if self.durable:
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+            else:
+                self._exact_copy()
+        else:
+            if self.count < self.capacity:
+                self._exact_copy()
+            self._write_meta(self._file, self._labels, self._ids, self._names)
+            self._file.close()
+            self._file = None
+        files.replace(self._tmp, self.path, self.durable)
+
+    def _write_meta(self, f, labels, ids, names) -> None:
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int16), track_times=False)
+        f.create_dataset("ilsvrc_ids", data=np.asarray(ids, dtype=np.int16), track_times=False)
+        f.create_dataset("filenames", data=names, dtype=_STR, track_times=False)
         f.create_dataset("class_wnids", data=self.class_wnids, dtype=_STR, track_times=False)
         f.create_dataset("class_words", data=self.class_words, dtype=_STR, track_times=False)
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["split"] = self.split
         f.attrs["index"] = self.index
-        f.close()
-        self._file = None
-        files.replace(self._tmp, self.path, self.durable)
 
     def abort(self) -> None:
         """Drop the temporary file (nothing appears under the final name). Closing may fail in
@@ -173,21 +272,55 @@ class ShardWriter:
             with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
         with contextlib.suppress(OSError):
             self._tmp.unlink(missing_ok=True)
 
-    def _shrink(self) -> None:
-        old_tmp, old = self._tmp, self._file
+    def _exact_copy(self) -> None:
+        """The images appended so far into a new file of exactly that many (h5py; its metadata
+        written by close(), or here for a streamed file), replacing the temporary file."""
+        old_tmp = self._tmp
         self._tmp = self.path.with_name(f".{self.path.name}.exact.partial")
         new = h5py.File(self._tmp, "w")
-        images = new.create_dataset("images", shape=(self.count, IMAGE_SIZE, IMAGE_SIZE, 3),
-                                    dtype=np.uint8, track_times=False)
-        for start in range(0, self.count, 64):
-            stop = min(start + 64, self.count)
-            images[start:stop] = self._images[start:stop]
-        old.close()
+        try:
+            images = new.create_dataset("images", shape=(self.count, IMAGE_SIZE, IMAGE_SIZE, 3),
+                                        dtype=np.uint8, track_times=False)
+            for start in range(0, self.count, 64):
+                stop = min(start + 64, self.count)
+                if self._fd is not None:
+                    data = _pread_all(self._fd, (stop - start) * IMAGE_BYTES, self._offset + start * IMAGE_BYTES)
+                    images[start:stop] = np.frombuffer(data, np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 3)
+                else:
+                    images[start:stop] = self._images[start:stop]
+            if self._fd is not None:
+                self._write_meta(new, self._labels, self._ids, self._names)
+                new.close()
+                os.close(self._fd)
+                self._fd = None
+            else:
+                self._file.close()
+                self._file, self._images = new, images
+        except BaseException:
+            with contextlib.suppress(Exception):
+                new.close()
+            old_tmp.unlink(missing_ok=True)
+            raise
         old_tmp.unlink()
-        self._file, self._images = new, images
+
+
+def _pread_all(fd: int, n: int, at: int) -> bytes:
+    """n bytes at offset `at` (pread may return fewer at a time); fewer only at the end of the file."""
+    parts, got = [], 0
+    while got < n:
+        data = os.pread(fd, n - got, at + got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
 
 
 @dataclass

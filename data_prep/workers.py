@@ -2,8 +2,9 @@
 
 One shard is one task. A worker reads each image's bytes in place (os.pread at the offset the
 catalog found in the archive; no extraction), decodes and resizes it (data_prep.images), writes
-the shard through ShardWriter (temporary name, renamed when complete), and returns the shard's
-hash, its per-class counts, its rejects and, for training shards, the exact integer sums that
+the shard through ShardWriter (temporary name, renamed when complete; streamed from the plan,
+so the shard is hashed as it is written and its pages leave the page cache as it grows), and
+returns the shard's hash, its per-class counts, its rejects and, for training shards, the exact integer sums that
 the mean image and the covariance are computed from (data_prep.stats). The parent process never
 touches pixels, so nothing large crosses a process boundary; it flushes each finished shard to
 the disk (fsync) before recording it in the journal, so that no worker waits for the disk.
@@ -195,8 +196,9 @@ def build_shard(task: ShardTask, report=None) -> ShardResult:
     rejects: list[tuple[str, str]] = []
     buf = np.empty((CHUNK, shards.IMAGE_SIZE, shards.IMAGE_SIZE, 3), np.uint8)
     stamp, inputs = source_stamp(task.items), InputsHash()  # the stamp before any byte is read
+    planned = ([it.label for it in task.items], [it.ilsvrc_id for it in task.items], [it.name for it in task.items])
     with _Reader() as reader, shards.ShardWriter(task.path, len(task.items), task.class_wnids, task.class_words,
-                                                 task.split, task.index, durable=False) as writer:
+                                                 task.split, task.index, durable=False, planned=planned) as writer:
         for start in range(0, len(task.items), CHUNK):
             chunk = task.items[start:start + CHUNK]
             blobs = reader.read_all(chunk)
@@ -221,7 +223,7 @@ def build_shard(task: ShardTask, report=None) -> ShardResult:
                 report(len(chunk))
         count = writer.count
     return ShardResult(task.name, task.split, task.index, task.digest, count, task.path.stat().st_size,
-                       files.sha256(task.path), per_class.tolist(), rejects, moments, stamp=stamp,
+                       writer.sha256, per_class.tolist(), rejects, moments, stamp=stamp,
                        inputs_sha256=inputs.hexdigest())
 
 

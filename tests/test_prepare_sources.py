@@ -1,9 +1,11 @@
 """The inputs prepare accepts besides the ILSVRC-2012 archives (extracted trees, ILSVRC-2010), the
 fake-archive writer itself, and the pieces of the pipeline on their own."""
 import io
+import os
 import re
 import tarfile
 
+import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -11,6 +13,7 @@ import scipy.io
 from data_prep import fake_ilsvrc as fake
 from data_prep import images, prepare, shards, sources
 from data_prep.stats import Moments
+from repro import files
 from repro.errors import UserError
 from tests.pixels import assert_as_resize_then_crop, resize_two_pass
 from tests.prepared import dataset, prepared_archives, run, same_contents, shard_hashes, split_contents
@@ -309,13 +312,86 @@ def test_moments_are_exact_and_order_free():
     assert np.array_equal(a.pixel_sum, imgs.sum(axis=0, dtype=np.int64))
 
 
-def test_shard_writer_leaves_nothing_on_failure(tmp_path):
+@pytest.mark.parametrize("planned", [None, ([0, 0], [1, 1], ["a", "b"])], ids=["h5py", "streamed"])
+def test_shard_writer_leaves_nothing_on_failure(tmp_path, planned):
     path = tmp_path / "train-00000.h5"
     with pytest.raises(RuntimeError):
-        with shards.ShardWriter(path, 2, ["n1"], ["one"], "train", 0) as w:
+        with shards.ShardWriter(path, 2, ["n1"], ["one"], "train", 0, planned=planned) as w:
             w.append(np.zeros((1, 256, 256, 3), np.uint8), [0], [1], ["a"])
             raise RuntimeError
     assert list(tmp_path.iterdir()) == []
+
+
+def _shard_contents(path):
+    meta = shards.read_meta(path)
+    with h5py.File(path, "r") as f:
+        attrs = {k: f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k] for k in f.attrs}
+        ids = f["ilsvrc_ids"][:].tolist()
+    return (np.array(shards.map_images(meta)), shards.read_labels(path).tolist(), ids,
+            shards.read_strings(path, "filenames"), shards.read_strings(path, "class_wnids"),
+            shards.read_strings(path, "class_words"), attrs)
+
+
+def _same_shard(a, b):
+    return np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_a_streamed_shard_hashes_itself_drops_its_pages_and_holds_what_h5py_writes(tmp_path, monkeypatch):
+    """With the plan known, ShardWriter writes the metadata first and streams the images with
+    pwrite, hashing them on the way: its sha256 must be the file's, its contents those of the
+    plain h5py path, the same bytes every time, and the pages it asks the kernel to drop only
+    images written at least WRITE_BEHIND bytes before (each range twice at most)."""
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
+    labels, ids, names = [2, 0, 1, 1, 0], [5, 3, 4, 4, 3], [f"n{i}_{i}.JPEG" for i in range(5)]
+    classes = (["n0", "n1", "n2"], ["zero", "one", "two"])
+    advice = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, n, what: advice.append((at, n, what)) or real(fd, at, n, what))
+    monkeypatch.setattr(shards.ShardWriter, "WRITE_BEHIND", shards.IMAGE_BYTES)
+
+    def write(path, planned):
+        path.parent.mkdir()
+        with shards.ShardWriter(path, 5, *classes, "train", 4, planned=planned) as w:
+            for a, b in ((0, 2), (2, 4), (4, 5)):
+                w.append(imgs[a:b], labels[a:b], ids[a:b], names[a:b])
+        return w
+
+    plain = write(tmp_path / "plain" / "train-00004.h5", None)
+    assert advice == []
+    streamed = write(tmp_path / "streamed" / "train-00004.h5", (labels, ids, names))
+    again = write(tmp_path / "again" / "train-00004.h5", (labels, ids, names))
+    for w in (plain, streamed, again):
+        assert w.sha256 == files.sha256(w.path)
+        assert sorted(p.name for p in w.path.parent.iterdir()) == ["train-00004.h5"]
+    assert _same_shard(_shard_contents(streamed.path), _shard_contents(plain.path))
+    assert streamed.sha256 == again.sha256
+    offset = shards.read_meta(streamed.path).images_offset
+    first = advice[:len(advice) // 2]  # the streamed shard's calls (the second one's are the same)
+    assert first == advice[len(advice) // 2:]
+    assert [(at - offset, n) for at, n, _ in first] == [(0, shards.IMAGE_BYTES), (0, 3 * shards.IMAGE_BYTES),
+                                                          (shards.IMAGE_BYTES, 3 * shards.IMAGE_BYTES)]
+    assert {what for _, _, what in first} == {os.POSIX_FADV_DONTNEED}
+
+
+def test_a_streamed_shard_that_departs_from_its_plan_is_copied_into_an_exact_file(tmp_path):
+    """A rejected image (fewer appended than planned) or anything appended other than the plan:
+    the file holds exactly what was appended, and sha256 is the file's."""
+    rng = np.random.default_rng(4)
+    imgs = rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    planned = ([0, 1, 1], [7, 8, 8], ["a.JPEG", "b.JPEG", "c.JPEG"])
+    cases = {"rejected": ([0, 2], [0, 1], [7, 8], ["a.JPEG", "c.JPEG"]),
+             "other": ([0, 1, 2], [0, 0, 1], [7, 7, 8], ["a.JPEG", "b.JPEG", "c.JPEG"])}
+    for case, (keep, labels, ids, names) in cases.items():
+        path = tmp_path / case / "val-00000.h5"
+        path.parent.mkdir()
+        with shards.ShardWriter(path, 3, ["n1", "n2"], ["one", "two"], "val", 0, planned=planned) as w:
+            for i, k in enumerate(keep):
+                w.append(imgs[k:k + 1], labels[i:i + 1], ids[i:i + 1], names[i:i + 1])
+        got = _shard_contents(path)
+        assert np.array_equal(got[0], imgs[keep]) and got[1:4] == (labels, ids, names), case
+        assert w.sha256 == files.sha256(path), case
+        assert sorted(p.name for p in path.parent.iterdir()) == ["val-00000.h5"], case
 
 
 def test_a_shard_with_fewer_images_than_planned_is_exact_and_mappable(tmp_path):
