@@ -124,7 +124,7 @@ class ShardWriter:
     prepare's workers leave it to the parent process, so that they never wait for the disk.
     """
 
-    WRITE_BEHIND = 8 << 20  # bytes behind the last write that stay cached (two chunks of 32 images)
+    WRITE_BEHIND = 8 << 20  # bytes behind the last write that stay cached (about 40 images)
 
     def __init__(self, path: str | Path, capacity: int, class_wnids, class_words, split: str, index: int,
                  durable: bool = True, planned: tuple | None = None):
@@ -231,7 +231,8 @@ class ShardWriter:
             # Starts the write-back of the bytes older than WRITE_BEHIND and frees them once clean:
             # those this call reaches first are still being written back, so the next call covers
             # them again (a page under write-back is not freed, and DONTNEED does not wait for it).
-            os.posix_fadvise(self._fd, self._behind[0], behind - self._behind[0], os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):  # advice only: the images are written either way
+                os.posix_fadvise(self._fd, self._behind[0], behind - self._behind[0], os.POSIX_FADV_DONTNEED)
             self._behind = (self._behind[1], behind)
 
     def close(self) -> None:
