@@ -44,7 +44,7 @@ could be: prepare flushes each shard before recording it as done, checks recorde
 when it resumes, and writes the manifest, which readers start from, only after every shard is
 flushed.) ShardWriter writes a shard a chunk of images at a time (streamed, when the plan is
 known: see its docstring); write_shard is the same for a shard held in memory. No timestamps are stored (track_times=False), so the same
-images give byte-identical files.
+images written the same way (prepare always streams: see ShardWriter) give byte-identical files.
 """
 from __future__ import annotations
 
@@ -113,11 +113,14 @@ class ShardWriter:
     images' bytes is written first (h5py, then closed), with the image block allocated but not
     filled; the images then go straight to their place with pwrite, in order, hashed on the way,
     so the file's SHA-256 needs no second read; and the pages written are dropped from the page
-    cache as the next ones are written (posix_fadvise starts their write-back and frees them once
-    clean), so a worker keeps reusing a few megabytes of just-freed pages instead of filling the
+    cache as the next ones are written (posix_fadvise DONTNEED starts the write-back of pages
+    WRITE_BEHIND bytes behind the last write and frees those already clean; the next call frees the
+    rest; the last few megabytes stay until prepare's parent process flushes and drops the whole
+    file), so a worker keeps reusing a few megabytes of just-freed pages instead of filling the
     cache with fresh ones (on a virtual machine, pages not in use recently cost several times
     more to write into: `python benchmarks/bench_prepare.py --writes`). Appending anything but
-    the plan (a rejected image shifts the rest) falls back to copying into an exact file.
+    the plan (a rejected image shifts the rest) falls back to copying into an exact file, which
+    is then hashed by reading it.
     Without a plan, h5py writes the images and sha256 reads the file back.
 
     durable=False skips the fsync before the rename (the file is still renamed only once complete):
@@ -140,7 +143,9 @@ class ShardWriter:
         self._hash = self._tail = None
         self._planned = None
         self._file = None
+        self._closed = False
         self._tmp = files.tmp_name(self.path)
+        self._exact_tmp = self.path.with_name(f".{self.path.name}.exact.partial")  # see _exact_copy
         try:
             self._file = h5py.File(self._tmp, "w")
             if planned is not None and self.capacity > 0:
@@ -189,9 +194,9 @@ class ShardWriter:
     @property
     def sha256(self) -> str:
         """SHA-256 of the finished file (computed while streaming, else read back once)."""
+        if not self._closed:
+            raise ValueError(f"{self.path.name}: no SHA-256 before close() has finished")
         if self._sha256 is None:
-            if self._fd is not None or self._file is not None:
-                raise ValueError(f"{self.path.name}: not closed yet")
             self._sha256 = files.sha256(self.path)
         return self._sha256
 
@@ -236,25 +241,32 @@ class ShardWriter:
             self._behind = (self._behind[1], behind)
 
     def close(self) -> None:
-        if self._file is None and self._fd is None:
+        if self._closed or (self._file is None and self._fd is None):
             raise ValueError(f"{self.path.name}: already closed")
-        if self._fd is not None:
-            if self._hash is not None and self.count == self.capacity:  # as planned: the file is complete
-                self._hash.update(self._tail)
+        try:
+            durable = self.durable
+            if self._fd is not None and self._hash is not None and self.count == self.capacity:
+                self._hash.update(self._tail)  # as planned: the file is complete, and hashed
                 self._sha256 = self._hash.hexdigest()
-                if self.durable:
+                if durable:
                     os.fsync(self._fd)
+                    durable = False  # (done)
                 os.close(self._fd)
                 self._fd = None
+            elif self._fd is not None:
+                self._exact_copy()
             else:
-                self._exact_copy()
-        else:
-            if self.count < self.capacity:
-                self._exact_copy()
-            self._write_meta(self._file, self._labels, self._ids, self._names)
-            self._file.close()
-            self._file = None
-        files.replace(self._tmp, self.path, self.durable)
+                if self.count < self.capacity:
+                    self._exact_copy()
+                self._write_meta(self._file, self._labels, self._ids, self._names)
+                self._file.close()
+                self._file = None
+            files.replace(self._tmp, self.path, durable)
+        except BaseException:
+            self._sha256 = None
+            self.abort()
+            raise
+        self._closed = True
 
     def _write_meta(self, f, labels, ids, names) -> None:
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int16), track_times=False)
@@ -267,7 +279,7 @@ class ShardWriter:
         f.attrs["index"] = self.index
 
     def abort(self) -> None:
-        """Drop the temporary file (nothing appears under the final name). Closing may fail in
+        """Drop the temporary files (nothing appears under the final name). Closing may fail in
         turn (on a full disk h5py's last flush does): that must not hide the first error."""
         if self._file is not None:
             with contextlib.suppress(Exception):
@@ -277,16 +289,17 @@ class ShardWriter:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-        with contextlib.suppress(OSError):
-            self._tmp.unlink(missing_ok=True)
+        for tmp in (self._tmp, self._exact_tmp):
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def _exact_copy(self) -> None:
         """The images appended so far into a new file of exactly that many (h5py; its metadata
-        written by close(), or here for a streamed file), replacing the temporary file."""
-        old_tmp = self._tmp
-        self._tmp = self.path.with_name(f".{self.path.name}.exact.partial")
-        new = h5py.File(self._tmp, "w")
+        written by close(), or here for a streamed file), which becomes the temporary file. On an
+        error the new file is removed and the old one left for abort()."""
+        new = None
         try:
+            new = h5py.File(self._exact_tmp, "w")
             images = new.create_dataset("images", shape=(self.count, IMAGE_SIZE, IMAGE_SIZE, 3),
                                         dtype=np.uint8, track_times=False)
             for start in range(0, self.count, 64):
@@ -305,11 +318,14 @@ class ShardWriter:
                 self._file.close()
                 self._file, self._images = new, images
         except BaseException:
-            with contextlib.suppress(Exception):
-                new.close()
-            old_tmp.unlink(missing_ok=True)
+            if new is not None:
+                with contextlib.suppress(Exception):
+                    new.close()
+            with contextlib.suppress(OSError):
+                self._exact_tmp.unlink(missing_ok=True)
             raise
-        old_tmp.unlink()
+        self._tmp.unlink()
+        self._tmp = self._exact_tmp
 
 
 def _pread_all(fd: int, n: int, at: int) -> bytes:

@@ -3,7 +3,8 @@
 One shard is one task. A worker reads each image's bytes in place (os.pread at the offset the
 catalog found in the archive; no extraction), decodes and resizes it (data_prep.images), writes
 the shard through ShardWriter (temporary name, renamed when complete; streamed from the plan,
-so the shard is hashed as it is written and its pages leave the page cache as it grows), and
+so the shard is hashed as it is written, unless an image is rejected, and its pages leave the
+page cache as it grows), and
 returns the shard's hash, its per-class counts, its rejects and, for training shards, the exact integer sums that
 the mean image and the covariance are computed from (data_prep.stats). The parent process never
 touches pixels, so nothing large crosses a process boundary; it flushes each finished shard to

@@ -1,5 +1,6 @@
 """The inputs prepare accepts besides the ILSVRC-2012 archives (extracted trees, ILSVRC-2010), the
 fake-archive writer itself, and the pieces of the pipeline on their own."""
+import errno
 import io
 import os
 import re
@@ -320,6 +321,43 @@ def test_shard_writer_leaves_nothing_on_failure(tmp_path, planned):
             w.append(np.zeros((1, 256, 256, 3), np.uint8), [0], [1], ["a"])
             raise RuntimeError
     assert list(tmp_path.iterdir()) == []
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+@pytest.mark.parametrize("where", ["pwrite", "fsync", "replace", "exact copy"])
+def test_a_streamed_shard_failing_anywhere_leaves_no_file_and_no_descriptor(tmp_path, monkeypatch, where):
+    """A disk error while appending, flushing, renaming or copying into the exact file: the error
+    reaches the caller, no temporary file stays behind, no file descriptor stays open, and there
+    is no SHA-256 to read."""
+    path = tmp_path / "train-00000.h5"
+    planned = ([0, 0], [1, 1], ["a", "b"])
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def fail(*args, **kwargs):
+        raise full
+
+    if where == "exact copy":  # the reject's fallback: its new file fails to be created
+        real = h5py.File
+        monkeypatch.setattr(shards.h5py, "File", lambda name, *a, **k: fail() if ".exact." in str(name)
+                            else real(name, *a, **k))
+    before = _open_fds()
+    with pytest.raises(OSError) as caught:
+        with shards.ShardWriter(path, 2, ["n1"], ["one"], "train", 0, planned=planned) as w:
+            if where == "pwrite":
+                monkeypatch.setattr(os, "pwrite", fail)
+            w.append(np.zeros((1, 256, 256, 3), np.uint8), [0], [1], ["a"])
+            if where != "exact copy":
+                w.append(np.zeros((1, 256, 256, 3), np.uint8), [0], [1], ["b"])
+            if where in ("fsync", "replace"):
+                monkeypatch.setattr(os, where, fail)
+    assert caught.value is full
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == [] and _open_fds() == before
+    with pytest.raises(ValueError, match="close"):
+        w.sha256
 
 
 def _shard_contents(path):
