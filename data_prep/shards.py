@@ -43,8 +43,9 @@ running reader never sees a half-written shard. (After a power failure, a shard 
 could be: prepare flushes each shard before recording it as done, checks recorded shards by hash
 when it resumes, and writes the manifest, which readers start from, only after every shard is
 flushed.) ShardWriter writes a shard a chunk of images at a time (streamed, when the plan is
-known: see its docstring); write_shard is the same for a shard held in memory. No timestamps are stored (track_times=False), so the same
-images written the same way (prepare always streams: see ShardWriter) give byte-identical files.
+known: see its docstring); write_shard is the same for a shard held in memory. No timestamps
+are stored (track_times=False), so the same images written the same way (prepare always
+streams) give byte-identical files.
 """
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ class ShardWriter:
             raise
 
     def _start_streamed(self, planned: tuple) -> None:
-        labels, ids, names = (list(x) for x in planned)
+        labels, ids, names = [int(x) for x in planned[0]], [int(x) for x in planned[1]], [str(x) for x in planned[2]]
         if not (len(labels) == len(ids) == len(names) == self.capacity):
             raise ValueError(f"{self.path.name}: the plan lists {len(labels)} images, not {self.capacity}")
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)

@@ -4,11 +4,11 @@ One shard is one task. A worker reads each image's bytes in place (os.pread at t
 catalog found in the archive; no extraction), decodes and resizes it (data_prep.images), writes
 the shard through ShardWriter (temporary name, renamed when complete; streamed from the plan,
 so the shard is hashed as it is written, unless an image is rejected, and its pages leave the
-page cache as it grows), and
-returns the shard's hash, its per-class counts, its rejects and, for training shards, the exact integer sums that
-the mean image and the covariance are computed from (data_prep.stats). The parent process never
-touches pixels, so nothing large crosses a process boundary; it flushes each finished shard to
-the disk (fsync) before recording it in the journal, so that no worker waits for the disk.
+page cache as it grows), and returns the shard's hash, its per-class counts, its rejects and,
+for training shards, the exact integer sums that the mean image and the covariance are
+computed from (data_prep.stats). The parent process never touches pixels, so nothing large
+crosses a process boundary; it flushes each finished shard to the disk (fsync) before recording
+it in the journal, so that no worker waits for the disk.
 
 What a finished shard was built from is recorded with it, so that a later run keeps it only if
 it would read the same bytes again (not merely the same names and byte ranges):

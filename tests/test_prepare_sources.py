@@ -385,7 +385,8 @@ def test_a_streamed_shard_hashes_itself_drops_its_pages_and_holds_what_h5py_writ
     classes = (["n0", "n1", "n2"], ["zero", "one", "two"])
     advice = []
     real = os.posix_fadvise
-    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, n, what: advice.append((at, n, what)) or real(fd, at, n, what))
+    monkeypatch.setattr(os, "posix_fadvise",
+                        lambda fd, at, n, what: advice.append((at, n, what)) or real(fd, at, n, what))
     monkeypatch.setattr(shards.ShardWriter, "WRITE_BEHIND", shards.IMAGE_BYTES)
 
     def write(path, planned):
