@@ -50,6 +50,7 @@ streams) give byte-identical files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -225,7 +226,10 @@ class ShardWriter:
         view = memoryview(images).cast("B")
         done = 0
         while done < len(view):
-            done += os.pwrite(self._fd, view[done:], at + done)
+            n = os.pwrite(self._fd, view[done:], at + done)
+            if n <= 0:  # (a regular file writes something or raises; never loop on nothing)
+                raise OSError(errno.EIO, f"{self._tmp}: pwrite wrote nothing at byte {at + done}")
+            done += n
         a, b = self.count, self.count + len(images)
         if self._hash is not None:
             if (labels, ids, names) == tuple(x[a:b] for x in self._planned):
