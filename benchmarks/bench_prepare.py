@@ -196,8 +196,9 @@ def profile_stages(images: int = 800) -> dict[str, float]:
 def write_costs(images: int = 384, rounds: int = 3, settle: float = 5.0) -> dict[str, float]:
     """Kernel (system) CPU milliseconds per 196,608-byte image of writing shard-sized files: into
     new files whose pages come from memory not in use recently, and into new files written right
-    after an equal file was deleted (its pages just freed), as prepare's workers do once the parent
-    has dropped each finished shard from the page cache (repro.files.fsync, uncache)."""
+    after an equal file was deleted (its pages just freed), as prepare's workers do: each drops the
+    pages it wrote a few megabytes behind its writes (data_prep.shards.ShardWriter), and the parent
+    drops each finished shard (repro.files.fsync, uncache)."""
     import resource
 
     block = np.random.default_rng(0).integers(0, 256, 64 * IMAGE_SIZE * IMAGE_SIZE * 3, dtype=np.uint8).tobytes()
