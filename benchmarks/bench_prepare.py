@@ -31,7 +31,7 @@ from PIL import Image
 
 from data_prep import fake_ilsvrc as fake
 from data_prep import prepare
-from data_prep.shards import IMAGE_SIZE
+from data_prep.shards import IMAGE_BYTES
 
 FULL_TRAIN = 1_281_167
 
@@ -201,7 +201,7 @@ def write_costs(images: int = 384, rounds: int = 3, settle: float = 5.0) -> dict
     drops each finished shard (repro.files.fsync, uncache)."""
     import resource
 
-    block = np.random.default_rng(0).integers(0, 256, 64 * IMAGE_SIZE * IMAGE_SIZE * 3, dtype=np.uint8).tobytes()
+    block = np.random.default_rng(0).integers(0, 256, 64 * IMAGE_BYTES, dtype=np.uint8).tobytes()
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_writes_"))
 
     def write(name: str) -> float:

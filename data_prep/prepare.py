@@ -55,7 +55,6 @@ from repro.errors import ArgumentParser, UserError
 from repro.progress import Progress
 
 SHARD_SIZE = 1024  # images per shard: 1024 x 196,608 bytes = 201 MB
-BYTES_PER_IMAGE = shards.IMAGE_SIZE * shards.IMAGE_SIZE * 3
 REJECTS = "rejects.tsv"
 JOURNAL = ".prepare-journal.jsonl"
 LOCK = ".prepare.lock"
@@ -312,7 +311,7 @@ def _lock(out: Path):
 def _check_space(out: Path, tasks: list[ShardTask]) -> None:
     """Before starting: room for every shard not yet on disk (estimate: 196,608 bytes per image
     plus 64 KB and 200 bytes per image of metadata per shard), and 4 MB for stats and lists."""
-    need = sum(len(t.items) * (BYTES_PER_IMAGE + 200) + (64 << 10) for t in tasks if not t.path.is_file())
+    need = sum(len(t.items) * (shards.IMAGE_BYTES + 200) + (64 << 10) for t in tasks if not t.path.is_file())
     need += 4 << 20
     free = shutil.disk_usage(out).free
     if need > free:

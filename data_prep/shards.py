@@ -381,7 +381,7 @@ def read_images(meta: ShardMeta, start: int, stop: int) -> np.ndarray:
     with SIGBUS."""
     if meta.images_offset is None:
         raise ValueError(f"{meta.path}: images are not stored contiguously")
-    per_image = IMAGE_SIZE * IMAGE_SIZE * 3
+    per_image = IMAGE_BYTES
     want = (stop - start) * per_image
     fd = os.open(meta.path, os.O_RDONLY)
     try:
