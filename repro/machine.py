@@ -54,6 +54,22 @@ def instruction_sets() -> str:
     return f"torch {torch_isa}{forced}, {onednn}" + (f"; CPU has {has}" if has else "")
 
 
+def sha256_path() -> str:
+    """How hashlib's SHA-256 (OpenSSL) runs here, which prepare's speed depends on (it hashes every
+    image's bytes, every shard and every archive): by the CPU's SHA extensions (x86 `sha_ni`,
+    2-3x faster), or in software. OPENSSL_ia32cap can hide the extensions from OpenSSL (the
+    benchmarks use it to stand in for a CPU without them), so it is named when set."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    if "sha_ni" in flags:
+        how = "SHA-256 by the CPU's SHA extensions"
+    elif flags:
+        how = "SHA-256 in software (the CPU has no SHA extensions)"
+    else:
+        return ""
+    mask = os.environ.get("OPENSSL_ia32cap")
+    return how + (f" unless OPENSSL_ia32cap={mask} hides them" if mask and "sha_ni" in flags else "")
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -68,6 +84,8 @@ def describe() -> str:
     parts = [f"{cpu_name()}, {usable_cores()} of {os.cpu_count()} logical cores usable",
              instruction_sets(), f"torch {torch.__version__} with {torch.get_num_threads()} threads",
              f"Python {platform.python_version()}"]
+    if sha256_path():
+        parts.append(sha256_path())
     if torch.cuda.is_available():
         parts.append("CUDA: " + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
     parts.append(datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
@@ -79,5 +97,5 @@ def hardware() -> dict:
     import torch
 
     return {"host": socket.gethostname(), "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
-            "instruction_sets": instruction_sets(), "torch_threads": torch.get_num_threads(),
+            "instruction_sets": instruction_sets(), "sha256": sha256_path(), "torch_threads": torch.get_num_threads(),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}

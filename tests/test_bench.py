@@ -40,6 +40,29 @@ def test_table_with_machine_header(bench_dir, capsys):
     assert out[3].split()[-4:] == ["10", "55", "5.50x", "ms"]
 
 
+@pytest.mark.parametrize("flags, mask, expect", [
+    ("fpu avx2 sha_ni", None, "SHA-256 by the CPU's SHA extensions"),
+    ("fpu avx2 sha_ni", ":~0x20000000", "SHA-256 by the CPU's SHA extensions unless OPENSSL_ia32cap=:~0x20000000 hides them"),
+    ("fpu avx2 avx512f", None, "SHA-256 in software (the CPU has no SHA extensions)"),
+    ("fpu avx2 avx512f", ":~0x20000000", "SHA-256 in software (the CPU has no SHA extensions)"),
+    (None, None, ""),
+])
+def test_machine_line_says_how_sha256_runs(monkeypatch, flags, mask, expect):
+    """prepare hashes every image, shard and archive: without SHA extensions SHA-256 costs 2-3x
+    more CPU, and prepare's ratio drops (README), so the machine line says which it was."""
+    from repro import machine
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: {} if flags is None else {"flags": flags})
+    if mask is None:
+        monkeypatch.delenv("OPENSSL_ia32cap", raising=False)
+    else:
+        monkeypatch.setenv("OPENSSL_ia32cap", mask)
+    assert machine.sha256_path() == expect
+    line = machine.describe()
+    assert (expect in line) if expect else ("SHA-256" not in line)
+    assert machine.hardware()["sha256"] == expect
+
+
 def test_all_by_default_and_missing_scripts_are_skipped(bench_dir, capsys):
     (bench_dir / "bench_loader.py").write_text(FAKE.replace("fake_op", "fake_loader"))
     assert bench.main(["--json"]) == 0
