@@ -11,6 +11,10 @@ ratio on idle cores: prepare also writes and hashes the shards and sums the stat
 time the full 1,281,167-image training set would take on this machine (from prepare's rate on
 these images; real ImageNet JPEGs average roughly 400x350 and about 110 KB).
 
+prepare's SHA-256 of every image, shard and archive costs 2-3x more CPU where OpenSSL cannot use
+the CPU's SHA extensions (the machine line says which); `OPENSSL_ia32cap=":~0x20000000"` hides
+them on a CPU that has them, to measure what such a machine sees.
+
 `run(quick)` returns the rows `./run.sh bench` tabulates.
 """
 from __future__ import annotations
