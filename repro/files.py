@@ -10,8 +10,11 @@ a power failure costs nothing but a rerun.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -55,14 +58,28 @@ def fsync(path: str | Path, uncache: bool = False) -> None:
     back to the free lists, where the next writes find them: on this project's 2-core virtual
     machine, writing a new file took 0.04 ms of kernel time per 196 KB image into pages just
     freed, 0.38 ms into pages not in use recently (`python benchmarks/bench_prepare.py
-    --writes`). No-op where the OS lacks posix_fadvise (macOS)."""
+    --writes`). No-op where the OS lacks posix_fadvise (macOS), and the advice's own errors are
+    ignored (it is advice).
+
+    Some file systems cannot flush a directory at all (SMB/CIFS mounts, VirtualBox shared folders)
+    and say so with EINVAL, EBADF or ENOTSUP; those errors are ignored for a directory, as
+    PostgreSQL does (fsync_fname_ext), and the renames in it are as durable as that file system
+    makes them. For a file every error is raised."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            if not (e.errno in _NO_DIRECTORY_FSYNC and stat.S_ISDIR(os.fstat(fd).st_mode)):
+                raise
         if uncache and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+_NO_DIRECTORY_FSYNC = {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def replace(tmp: str | Path, path: str | Path, durable: bool = True) -> None:

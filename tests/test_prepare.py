@@ -5,10 +5,12 @@ non-leaf synsets in meta.mat), pixels against a direct resize and crop, mean and
 numpy, resume after an interruption, rejects, the traversal guard, the clear errors, --verify.
 """
 import collections
+import errno
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tarfile
 from pathlib import Path
 
@@ -286,6 +288,52 @@ def test_fsync_uncache_advises_the_kernel_to_drop_that_files_pages(tmp_path, mon
     assert advice == []
     files.fsync(path, uncache=True)
     assert advice == [(path.stat().st_ino, 0, 0, os.POSIX_FADV_DONTNEED)]
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EBADF, errno.ENOTSUP])
+def test_a_file_system_that_cannot_flush_directories_still_prepares(tmp_path, monkeypatch, code):
+    """SMB/CIFS mounts and VirtualBox shared folders answer fsync on a directory with EINVAL (or
+    EBADF, ENOTSUP): prepare goes on there (the renames are as durable as that file system makes
+    them), while the same error flushing a file still stops it, as does any other error on a
+    directory."""
+    real = os.fsync
+    refused = []
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            refused.append(fd)
+            raise OSError(code, os.strerror(code))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rng = np.random.default_rng(5)
+    train, val, words = fake.awkward_dataset(rng, n_classes=2, per_class=3, val_per_class=1)
+    src = tmp_path / "src"
+    fake.write_ilsvrc2012(src, train, val, words)
+    summary = prepare.prepare(prepare.Options(src, tmp_path / "out", workers=1, quiet=True, allow_rejects=True))
+    assert summary.complete and refused  # it did meet the refusal, on the output directory
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+    with pytest.raises(OSError) as e:  # a file that cannot be flushed is an error
+        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(code, os.strerror(code))))
+        files.fsync(tmp_path / "out" / "manifest.json")
+    assert e.value.errno == code
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, os.strerror(errno.EIO))))
+    with pytest.raises(OSError) as e:  # and so is another error on a directory: the disk failed
+        files.fsync(tmp_path / "out")
+    assert e.value.errno == errno.EIO
+
+
+def test_the_page_cache_advice_failing_is_not_an_error(tmp_path, monkeypatch):
+    def refuse(fd, offset, length, what):
+        raise OSError(errno.ESPIPE, os.strerror(errno.ESPIPE))
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse, raising=False)
+    monkeypatch.setattr(os, "POSIX_FADV_DONTNEED", getattr(os, "POSIX_FADV_DONTNEED", 4), raising=False)
+    path = tmp_path / "shard.h5"
+    path.write_bytes(b"x" * 100)
+    files.fsync(path, uncache=True)
+    assert path.read_bytes() == b"x" * 100
 
 
 # ----------------------------------------------------------------------------- rejects
