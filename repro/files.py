@@ -61,10 +61,10 @@ def fsync(path: str | Path, uncache: bool = False) -> None:
     --writes`). No-op where the OS lacks posix_fadvise (macOS), and the advice's own errors are
     ignored (it is advice).
 
-    Some file systems cannot flush a directory at all (SMB/CIFS mounts, VirtualBox shared folders)
-    and say so with EINVAL, EBADF or ENOTSUP; those errors are ignored for a directory, as
-    PostgreSQL does (fsync_fname_ext), and the renames in it are as durable as that file system
-    makes them. For a file every error is raised."""
+    Some file systems cannot flush a directory at all and say so with EINVAL (SMB/CIFS mounts on
+    Linux before 4.17, some Ceph volumes; ENOTSUP and EBADF elsewhere). Those errors are ignored
+    for a directory, as PostgreSQL and borg do, and its renames are then as durable as that file
+    system makes them; EIO and every other error is raised, and for a file every error is."""
     fd = os.open(path, os.O_RDONLY)
     try:
         try:
