@@ -293,9 +293,9 @@ def test_fsync_uncache_advises_the_kernel_to_drop_that_files_pages(tmp_path, mon
 @pytest.mark.parametrize("code", [errno.EINVAL, errno.EBADF, errno.ENOTSUP])
 def test_a_file_system_that_cannot_flush_directories_still_prepares(tmp_path, monkeypatch, code):
     """Some file systems answer fsync on a directory with EINVAL (SMB/CIFS mounts on Linux before
-    4.17, some Ceph volumes), or EBADF or ENOTSUP: prepare goes on there (the renames are as durable as that file system makes
-    them), while the same error flushing a file still stops it, as does any other error on a
-    directory."""
+    4.17, some Ceph volumes), or EBADF or ENOTSUP: prepare goes on there (the renames are as
+    durable as that file system makes them), while the same error flushing a file still stops it,
+    as does any other error on a directory."""
     real = os.fsync
     refused = []
 
