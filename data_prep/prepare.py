@@ -158,7 +158,7 @@ def prepare(opts: Options, stream=None) -> Summary:
         raise UserError(f"--out {out} lies inside a folder of images of the source {opts.source}")
     _check_settings(out, opts, cat)
     files.make_dir(out, "--out")
-    with _lock(out), _os_errors(out):  # one lock over staging and building; a full disk is one line in both
+    with _lock(out, say), _os_errors(out):  # one lock over staging and building; a full disk is one line in both
         if cat.layout == hf_parquet.LAYOUT:
             with _progress(sum(map(len, cat.splits.values())), opts, stream, desc="stage") as bar:
                 hf_parquet.stage(cat, out, opts.workers, bar, say)
@@ -285,10 +285,10 @@ def _os_errors(out: Path):
 
 
 @contextlib.contextmanager
-def _lock(out: Path):
-    """One prepare at a time per output directory."""
+def _lock(out: Path, say):
+    """One prepare at a time per output directory (where the file system can lock)."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (files.try_lock uses it)
     except ImportError:  # pragma: no cover  (Windows: no lock)
         yield
         return
@@ -298,14 +298,13 @@ def _lock(out: Path):
         raise UserError(f"cannot write in --out {out} ({e.strerror}): make it writable or pass another "
                         f"directory") from None
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"another prepare is writing to {out}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        state = files.try_lock(f)
+        if state == "busy":
+            raise UserError(f"another prepare is writing to {out}")
+        if state != "taken":
+            say(f"cannot lock {out / LOCK} ({state}: this file system does not support locks); going on "
+                f"without the guard against a second prepare writing to {out} at the same time")
+        yield  # closing the file drops the lock
 
 
 def _check_space(out: Path, tasks: list[ShardTask]) -> None:

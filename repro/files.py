@@ -107,6 +107,25 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     return path
 
 
+def try_lock(f) -> str:
+    """An exclusive lock (flock) on the open file `f`, without waiting; the system drops it when
+    the file is closed or the process ends, however it ends. Returns "taken", "busy" (another
+    process holds it), or, where the file system cannot lock at all, the system's reason, e.g.
+    "Function not implemented" (Lustre mounted without its flock option: ENOSYS) or "No locks
+    available" (NFS without its lock service: ENOLCK). Callers go on without the lock then, and
+    say so: a tool that refused to run on such a file system would stop its users for nothing, and
+    one that reported another process would send them looking for one that does not exist."""
+    import fcntl
+
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return "busy"
+        return e.strerror or str(e)
+    return "taken"
+
+
 def identity(path: str | Path) -> list[int]:
     """What changes whenever a file's content may have: [size, mtime_ns, ctime_ns, inode, device].
 

@@ -130,16 +130,17 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / self.NAME
         self._file = None
+        self.unsupported: str | None = None  # why this file system could not lock, if it could not
 
     def acquire(self) -> bool:
-        import fcntl
-
+        """False if another process holds the lock. Where the file system cannot lock at all,
+        True, with the reason in `unsupported` (files.try_lock)."""
         f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        state = files.try_lock(f)
+        if state == "busy":
             f.close()
             return False
+        self.unsupported = None if state == "taken" else state
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}) + "\n")

@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +313,9 @@ def lock_run_dir(run_dir: Path, writer: bool, distributed: bool, device) -> rund
         holder = lock.holder() if lock and not taken else "another process (as rank 0 found)"
         raise UserError(f"{run_dir} is in use: {holder} is training in it. Wait for it to finish or "
                         f"stop it; a lock left by a crashed run is released by the system and does not stop you")
+    if lock and lock.unsupported:
+        print(f"cannot lock {lock.path} ({lock.unsupported}: this file system does not support locks); going "
+              f"on without the guard against a second training process in {run_dir}", file=sys.stderr, flush=True)
     return lock
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from data_prep import fake_ilsvrc as fake
 from data_prep import images, prepare, shards, sources, verify, workers
 from data_prep.shards import ShardWriter
-from repro import cli
+from repro import cli, files
 from repro.errors import UserError
 
 SHARD = 4
@@ -731,6 +731,35 @@ def test_out_inside_a_split_folder_of_a_tree_is_refused(data, tmp_path, capsys):
     tree = fake.write_tree(tmp_path / "tree", *data)
     err = one_line_error(capsys, ["--source", str(tree.root), "--out", str(tree.root / "train" / "shards")])
     assert "lies inside a folder of images of the source" in err
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_file_system_without_locks_prepares_and_says_it_could_not_lock(src, tmp_path, capsys, monkeypatch,
+                                                                        code):
+    """Lustre mounted without its flock option answers flock with ENOSYS, NFS without its lock
+    service with ENOLCK: prepare goes on, saying once that it runs without the guard, instead of
+    reporting another prepare that does not exist. A lock held by another process still stops it
+    (the test below)."""
+    import fcntl
+
+    def flock(f, how):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    assert files.try_lock(open(tmp_path / "f", "w")) == os.strerror(code)
+    assert cli.main(["prepare", "--workers", "1", "--shard-size", str(SHARD), "--source", str(src.root),
+                     "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert f"cannot lock {tmp_path / 'o' / prepare.LOCK} ({os.strerror(code)}: this file system does not support locks)" in out
+    assert (tmp_path / "o" / "manifest.json").is_file()
+
+
+def test_try_lock_tells_a_held_lock_from_a_free_one(tmp_path):
+    with open(tmp_path / "f", "w") as first, open(tmp_path / "f", "w") as second:
+        assert files.try_lock(first) == "taken"
+        assert files.try_lock(second) == "busy"  # two opens: two holders, as two processes would be
+        first.close()
+        assert files.try_lock(second) == "taken"
 
 
 def test_a_second_prepare_on_the_same_output_is_refused(src, tmp_path, capsys):

@@ -85,6 +85,25 @@ def test_a_second_trainer_is_refused_and_a_killed_ones_lock_is_stale(tiny_shards
     assert checkpoint.read_state(checkpoint.latest(run))["step"] == 2
 
 
+def test_a_run_directory_on_a_file_system_without_locks_trains_and_says_so(tiny_shards, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Lustre mounted without its flock option answers flock with ENOSYS: train goes on, saying
+    that it runs without the guard, instead of reporting another trainer that does not exist (the
+    test above: a lock another process holds still stops it)."""
+    import errno
+    import fcntl
+
+    def flock(f, how):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    run = train(small_config(*SIGNAL, "train.max_steps=2"), tiny_shards, tmp_path / "run")
+    assert checkpoint.read_state(checkpoint.latest(run))["step"] == 2
+    err = capsys.readouterr().err
+    assert (f"cannot lock {run / rundir.RunLock.NAME} ({os.strerror(errno.ENOSYS)}: this file system does not "
+            f"support locks); going on without the guard against a second training process in {run}") in err
+
+
 def test_resume_eval_and_predict_refuse_data_the_run_was_not_trained_on(small_run, tiny_shards, other_shards,
                                                                         tmp_path, capsys):
     same_classes, five_classes = other_shards
