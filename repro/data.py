@@ -39,7 +39,7 @@ import torch
 import torch.utils.data
 
 from data_prep import shards
-from repro import augment
+from repro import augment, files
 from repro.errors import UserError
 
 # Tags that keep the independent random streams of (seed, epoch) apart.
@@ -185,6 +185,43 @@ class _Images:
                             f"bytes): prepare again (or put the file back)")
 
 
+SHM_DIR = "/dev/shm"  # where torch's shared memory lives on Linux (shm_open): a tmpfs of its own
+
+
+def _check_shared_memory(batches: int, batch_bytes: int) -> None:
+    """Before the loader starts: room in /dev/shm for the batches it may hold at once. Its workers
+    hand batches over in shared memory, and a container's /dev/shm is often small (Docker gives 64
+    MB unless told otherwise), where torch would fail with a traceback about shm_open, or a worker
+    die of SIGBUS. Nothing to check where there is no /dev/shm (macOS)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except (OSError, AttributeError):
+        return
+    free = st.f_bavail * st.f_frsize
+    if batches * batch_bytes > free:
+        raise UserError(_no_shared_memory(f"about {files.size_text(batches * batch_bytes)} ({batches} batches "
+                                          f"of {files.size_text(batch_bytes)}), and {SHM_DIR} has "
+                                          f"{files.size_text(free)} free"))
+
+
+def _no_shared_memory(detail: str) -> str:
+    return (f"not enough shared memory for the data loader's workers: they need {detail}. In a container, "
+            f"give it more (docker run --shm-size=2g, or --ipc=host); or use fewer loader workers (each keeps "
+            f"{PREFETCH} batches ready) or smaller batches")
+
+
+def _new_shared(n: int) -> torch.UntypedStorage:
+    """torch's shared-memory storage of n bytes; running out of it is one line (DataError), also
+    from a loader worker (_relayed)."""
+    try:
+        return torch.UntypedStorage._new_shared(n)
+    except RuntimeError as e:
+        if "shared memory" not in str(e):
+            raise
+        raise DataError(_no_shared_memory(f"{files.size_text(n)} more than {SHM_DIR} could give "
+                                          f"({str(e).split(': ')[-1]})")) from None
+
+
 class _Ring:
     """Shared-memory batch buffers that the training loader reuses, one slot per batch in flight.
 
@@ -197,10 +234,10 @@ class _Ring:
     its batch has been used: the trainer turns each batch into its float input (or copies it to
     the device) before it takes the next one."""
 
-    def __init__(self, slots: int, shape: tuple):
+    def __init__(self, slots: int, shape: tuple, shared: bool = True):
         self.slots = slots
         n = int(np.prod(shape)) * slots
-        storage = torch.UntypedStorage._new_shared(n) if hasattr(torch.UntypedStorage, "_new_shared") else None
+        storage = _new_shared(n) if shared and hasattr(torch.UntypedStorage, "_new_shared") else None
         base = torch.empty(0, dtype=torch.uint8).set_(storage) if storage is not None else torch.empty(n, dtype=torch.uint8)
         self.buffers = base.view(slots, *shape)
         self.buffers.numpy().fill(0)  # fault every page in now, in the process that reads them
@@ -221,7 +258,7 @@ def _uint8_buffer(shape) -> torch.Tensor:
     new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # what default_collate uses
     if torch.utils.data.get_worker_info() is None or new_shared is None:
         return torch.empty(shape, dtype=torch.uint8)
-    return torch.empty(0, dtype=torch.uint8).set_(new_shared(int(np.prod(shape)))).view(shape)
+    return torch.empty(0, dtype=torch.uint8).set_(_new_shared(int(np.prod(shape)))).view(shape)
 
 
 def class_names(root: str | Path) -> list[tuple[str, str]]:
@@ -376,6 +413,19 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def check_train_shared_memory(cfg, parts: int = 1, pin_memory: bool = False,
+                              reuse_buffers: bool = True) -> tuple[int, tuple]:
+    """Room in /dev/shm for the training loader's batches in flight (the trainer checks before it
+    writes anything in the run directory). Returns the ring's slots and the shape of one batch's
+    images."""
+    workers, rows, crop = cfg.data.workers, cfg.data.batch_size // parts, cfg.augment.crop
+    slots = workers * PREFETCH + 3
+    if workers:  # batches in flight: the ring's slots, or what the workers prepare plus the one in use
+        _check_shared_memory(slots if reuse_buffers and not pin_memory else workers * PREFETCH + 2,
+                             rows * crop * crop * 3)
+    return slots, (rows, crop, crop, 3)
+
+
 def train_batches(root: str | Path, cfg, epoch: int, start_step: int = 0, part: int = 0,
                   parts: int = 1, pin_memory: bool = False, reuse_buffers: bool = False) -> Iterator[Batch]:
     """The training stream of `epoch` from global step `start_step` (see the module docstring),
@@ -387,10 +437,8 @@ def train_batches(root: str | Path, cfg, epoch: int, start_step: int = 0, part: 
     batch has buffers of its own, kept as long as the caller likes."""
     _check_parts(cfg, parts, part)
     split = open_split(root, "train")
-    ring = None
-    if reuse_buffers and not pin_memory:
-        rows = cfg.data.batch_size // parts
-        ring = _Ring(cfg.data.workers * PREFETCH + 3, (rows, cfg.augment.crop, cfg.augment.crop, 3))
+    slots, shape = check_train_shared_memory(cfg, parts, pin_memory, reuse_buffers)
+    ring = _Ring(slots, shape, shared=cfg.data.workers > 0) if reuse_buffers and not pin_memory else None
     dataset = _TrainSteps(split, cfg, epoch, start_step, part, parts, ring)
     return _loader(dataset, cfg.data.workers, pin_memory, root, "train")
 
@@ -442,6 +490,8 @@ def eval_batches(root: str | Path, split: str, views: str, batch_size: int, work
     split in file order; V = 1 for "centre", 10 for "ten" (repro.augment.ten_view_offsets order).
     Normalizer.views turns a batch into one forward pass of B * V inputs."""
     dataset = _EvalSteps(open_split(root, split), view_offsets(views, crop), batch_size, crop)
+    if workers:
+        _check_shared_memory(workers * PREFETCH + 1, batch_size * len(dataset.offsets) * crop * crop * 3)
     return _loader(dataset, workers, pin_memory, root, split)
 
 

@@ -200,3 +200,51 @@ def test_the_trainers_ring_of_reused_buffers_gives_the_same_batches(tiny_shards,
     slots = workers * data.PREFETCH + 3
     assert len(set(pointers)) == min(slots, len(fresh))  # one slot per batch, until they come round
     assert len(fresh) > slots and pointers[slots] == pointers[0]
+
+
+# ------------------------------------------------------------------------- shared memory
+
+def _shm_free(monkeypatch, free: int):
+    """/dev/shm with `free` bytes left, as a container's small one (Docker's default: 64 MB)."""
+    real = data.os.statvfs
+
+    class Small:
+        f_frsize, f_bavail = 4096, free // 4096
+
+    monkeypatch.setattr(data.os, "statvfs", lambda path: Small() if path == data.SHM_DIR else real(path))
+
+
+def test_too_little_shared_memory_for_the_loader_is_one_line_before_it_starts(tiny_shards, monkeypatch):
+    """Loader workers hand their batches over in /dev/shm: where it is smaller than the batches in
+    flight, the loaders refuse in one line saying how much they need and how to get it, instead of
+    torch's traceback about shm_open or a worker killed by SIGBUS. Without workers nothing is
+    shared, and nothing is asked."""
+    batch = 16 * 224 * 224 * 3
+    _shm_free(monkeypatch, 4 * batch)
+    with pytest.raises(UserError, match=r"^not enough shared memory for the data loader's workers: they need "
+                                        r"about 16\.9 MB \(7 batches of 2\.4 MB\), and /dev/shm has 9\.6 MB free\. "
+                                        r"In a container, give it more \(docker run --shm-size=2g, or --ipc=host\)"):
+        data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0, reuse_buffers=True)
+    with pytest.raises(UserError, match=r"need about 14\.5 MB \(6 batches"):  # no ring: 2 per worker + 2
+        data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0)
+    with pytest.raises(UserError, match=r"need about 37\.6 MB \(5 batches of 7\.5 MB\)"):  # 10 views of 5 images
+        data.eval_batches(tiny_shards, "val", "ten", batch_size=5, workers=2)
+    assert len(list(data.train_batches(tiny_shards, _cfg(16, workers=0), epoch=0, reuse_buffers=True))) == 3  # 40 images: 16, 16, 8
+    _shm_free(monkeypatch, 7 * batch)  # exactly enough
+    assert len(list(data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0, reuse_buffers=True))) == 3  # 40 images: 16, 16, 8
+
+
+def test_shared_memory_running_out_in_a_loader_worker_is_one_line(tiny_shards, monkeypatch):
+    """When /dev/shm fills up after the check (another process took it), torch's RuntimeError in
+    the worker that allocates a batch comes back as one DataError line."""
+    def refuse(n):
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_0>: "
+                           "No space left on device (28)")
+
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", refuse)
+    with pytest.raises(data.DataError, match=r"^not enough shared memory for the data loader's workers: they need "
+                                             r"7\.5 MB more than /dev/shm could give \(No space left on device "
+                                             r"\(28\)\)\. In a container"):
+        list(data.eval_batches(tiny_shards, "val", "ten", batch_size=5, workers=2))
+    with pytest.raises(data.DataError, match="not enough shared memory"):  # the trainer's ring, in this process
+        data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0, reuse_buffers=True)

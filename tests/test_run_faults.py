@@ -104,6 +104,23 @@ def test_a_run_directory_on_a_file_system_without_locks_trains_and_says_so(tiny_
             f"support locks); going on without the guard against a second training process in {run}") in err
 
 
+def test_too_little_shared_memory_stops_train_before_it_writes_anything(tiny_shards, tmp_path, monkeypatch):
+    """A container's small /dev/shm (Docker's default is 64 MB; the paper's config keeps 11 batches
+    of 19 MB in flight): train says so in one line and leaves no run directory behind, so the same
+    command works once the container has more (no --resume needed)."""
+    from repro import data
+
+    class Small:
+        f_frsize, f_bavail = 4096, 256  # 1 MB free
+
+    real = data.os.statvfs
+    monkeypatch.setattr(data.os, "statvfs", lambda path: Small() if path == data.SHM_DIR else real(path))
+    with pytest.raises(UserError, match="^not enough shared memory for the data loader's workers: .* /dev/shm has "
+                                        "1.0 MB free"):
+        train(small_config(*SIGNAL, "data.workers=2", "train.max_steps=1"), tiny_shards, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_eval_and_predict_refuse_data_the_run_was_not_trained_on(small_run, tiny_shards, other_shards,
                                                                         tmp_path, capsys):
     same_classes, five_classes = other_shards
