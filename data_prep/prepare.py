@@ -101,7 +101,8 @@ class Summary:
 # ----------------------------------------------------------------------------------- plan
 
 def default_workers() -> int:
-    """The cores this process may use (respects CPU affinity, e.g. under taskset or a scheduler)."""
+    """The cores this process may use: its CPU affinity (taskset, a scheduler) and its control
+    group's CPU limit (docker run --cpus, a Kubernetes limit): repro.machine.usable_cores."""
     return max(1, machine.usable_cores())
 
 
@@ -580,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where the shards go (default: data.shards in the config, data/shards)")
     p.add_argument("--year", type=int, choices=(2012, 2010), help="ILSVRC year (default: data.year in the config, 2012)")
     p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
-                   help="worker processes (default: all %(default)s cores; 1 runs in this process)")
+                   help="worker processes (default: the %(default)s cores this process may use, after taskset and "
+                        "a container's CPU limit; 1 runs in this process)")
     p.add_argument("--limit-per-class", type=int, default=0, metavar="N",
                    help="only the first N images of each class in each split (small trials; default 0: all)")
     subset = p.add_mutually_exclusive_group()

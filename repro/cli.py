@@ -21,6 +21,8 @@ COMMANDS = {
     "bench": ("repro.bench", "the project's benchmarks as one table"),
 }
 
+TORCH_COMMANDS = ("train", "eval", "predict", "export", "demo")  # the ones that compute with torch
+
 
 def usage() -> str:
     rows = "\n".join(f"  {name:<9}{text}" for name, (_, text) in COMMANDS.items())
@@ -38,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     try:
+        if name in TORCH_COMMANDS:  # a container's CPU limit: no more torch threads than it allows
+            from repro import machine
+
+            note = machine.fit_torch_threads()
+            if note:
+                print(f"{name}: {note}", file=sys.stderr)
         return int(module.main(rest) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -70,18 +70,91 @@ def sha256_path() -> str:
     return how + (f" unless OPENSSL_ia32cap={mask} hides them" if mask and "sha_ni" in flags else "")
 
 
-def usable_cores() -> int:
+_PROC_CGROUP = Path("/proc/self/cgroup")
+_CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+def cpu_quota() -> int | None:
+    """The CPU time this process's control group may use, in whole CPUs rounded up (`docker run
+    --cpus`, a Kubernetes CPU limit, a systemd CPUQuota), or None where there is no limit. Such a
+    limit leaves every core visible (os.cpu_count, the affinity mask), so a process that starts
+    one worker or thread per core there is throttled. cgroup v2's cpu.max or v1's
+    cpu.cfs_quota_us / cpu.cfs_period_us, the smallest along the group and its ancestors; where the
+    group's own directory is not mounted (a container sees its group as the root), the mount's."""
     try:
-        return len(os.sched_getaffinity(0))
+        lines = _PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            root, files = _CGROUP_FS, ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # v1: the hierarchy that holds the cpu controller
+            root = next((_CGROUP_FS / d for d in (controllers, "cpu", "cpu,cpuacct", "cpuacct,cpu")
+                         if (_CGROUP_FS / d).is_dir()), None)
+            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            if root is None:
+                continue
+        else:
+            continue
+        here = root / group.lstrip("/")
+        if not here.is_dir():
+            here = root
+        for d in [here, *here.parents]:
+            limit = _cgroup_limit(d, files)
+            if limit is not None:
+                limits.append(limit)
+            if d == root:
+                break
+    return min(limits) if limits else None
+
+
+def _cgroup_limit(d: Path, files: tuple[str, ...]) -> int | None:
+    try:
+        if len(files) == 1:  # v2: "max 100000" or "200000 100000"
+            quota, period = (d / files[0]).read_text().split()[:2]
+        else:  # v1: -1 for none
+            quota, period = ((d / f).read_text().strip() for f in files)
+        if quota == "max" or int(quota) <= 0 or int(period) <= 0:
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its affinity mask (taskset, a scheduler's allocation),
+    and no more than its control group's CPU limit (cpu_quota)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return min(cores, quota) if quota else cores
+
+
+def fit_torch_threads() -> str:
+    """Where a CPU limit (cpu_quota) is below torch's thread count and OMP_NUM_THREADS does not
+    set one, lower torch's threads to the limit: more threads than the group may run make every
+    parallel region wait for threads the system has paused. Returns what it did, or ""."""
+    import torch
+
+    quota = cpu_quota()
+    if not quota or os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() <= quota:
+        return ""
+    before = torch.get_num_threads()
+    torch.set_num_threads(quota)
+    return f"torch threads {before} -> {quota} (this process's CPU limit; OMP_NUM_THREADS overrides)"
 
 
 def describe() -> str:
     """One line: CPU, cores, instruction sets, torch and its threads, GPUs, date."""
     import torch
 
-    parts = [f"{cpu_name()}, {usable_cores()} of {os.cpu_count()} logical cores usable",
+    quota = cpu_quota()
+    parts = [f"{cpu_name()}, {usable_cores()} of {os.cpu_count()} logical cores usable"
+             + (f" (CPU limit {quota})" if quota else ""),
              instruction_sets(), f"torch {torch.__version__} with {torch.get_num_threads()} threads",
              f"Python {platform.python_version()}"]
     if sha256_path():

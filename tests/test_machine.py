@@ -1,0 +1,92 @@
+"""What a process may use of the machine (repro/machine.py): a control group's CPU limit, which
+leaves every core visible, read from cgroup v1 and v2 files laid out as Linux lays them out."""
+import os
+
+import pytest
+import torch
+
+from repro import cli, machine
+
+
+@pytest.fixture
+def cgroups(tmp_path, monkeypatch):
+    """write(proc_cgroup, {relative path: content}) lays out /proc/self/cgroup and /sys/fs/cgroup."""
+    monkeypatch.setattr(machine, "_PROC_CGROUP", tmp_path / "proc_self_cgroup")
+    monkeypatch.setattr(machine, "_CGROUP_FS", tmp_path / "cgroup")
+
+    def write(proc: str, fs: dict[str, str]) -> None:
+        (tmp_path / "proc_self_cgroup").write_text(proc)
+        for path, content in fs.items():
+            (tmp_path / "cgroup" / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "cgroup" / path).write_text(content)
+    return write
+
+
+@pytest.mark.parametrize("proc, fs, quota", [
+    # cgroup v2 in a container (its group is the root): docker run --cpus 2
+    ("0::/\n", {"cpu.max": "200000 100000\n"}, 2),
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),  # no limit
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two threads may run at once
+    ("0::/\n", {"cpu.max": "50000 100000\n"}, 1),
+    # v2 on a host: the group's own limit and its parent's, the smaller counts
+    ("0::/user.slice/job\n", {"cpu.max": "max 100000", "user.slice/cpu.max": "300000 100000",
+                              "user.slice/job/cpu.max": "max 100000"}, 3),
+    ("0::/user.slice/job\n", {"user.slice/cpu.max": "300000 100000", "user.slice/job/cpu.max": "100000 100000"}, 1),
+    # v2, the group's directory not mounted here: the mount's own file
+    ("0::/kubepods/pod1/c1\n", {"cpu.max": "400000 100000"}, 4),
+    # v1, as Docker and Kubernetes set it: cpu,cpuacct hierarchy
+    ("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n2:cpuset:/docker/abc\n",
+     {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"}, 1),
+    ("4:cpu,cpuacct:/docker/abc\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+                                     "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+    ("4:cpu:/job\n", {"cpu/job/cpu.cfs_quota_us": "250000", "cpu/job/cpu.cfs_period_us": "100000"}, 3),
+    ("0::/\n", {}, None),  # no cpu controller files: no limit known
+])
+def test_cpu_quota_from_cgroup_files(cgroups, proc, fs, quota):
+    cgroups(proc, fs)
+    assert machine.cpu_quota() == quota
+
+
+def test_no_proc_cgroup_means_no_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine, "_PROC_CGROUP", tmp_path / "absent")
+    assert machine.cpu_quota() is None
+
+
+def test_usable_cores_and_prepares_workers_respect_the_limit(monkeypatch):
+    from data_prep import prepare
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(machine, "cpu_quota", lambda: 1)
+    assert machine.usable_cores() == 1 and prepare.default_workers() == 1
+    assert "1 of" in machine.describe() and "(CPU limit 1)" in machine.describe()
+    monkeypatch.setattr(machine, "cpu_quota", lambda: cores + 8)  # a limit above the cores: the cores
+    assert machine.usable_cores() == cores
+    monkeypatch.setattr(machine, "cpu_quota", lambda: None)
+    assert machine.usable_cores() == cores and "CPU limit" not in machine.describe()
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+def test_torch_threads_fit_a_cpu_limit_unless_omp_num_threads_says_otherwise(threads, monkeypatch, capsys):
+    if threads < 2:
+        torch.set_num_threads(2)
+    start = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(machine, "cpu_quota", lambda: 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(start))  # the user's choice stands
+    assert machine.fit_torch_threads() == "" and torch.get_num_threads() == start
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    # through the command line, as `./run.sh eval` starts: one line on stderr, then the command
+    assert cli.main(["eval", "no-such-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eval: torch threads {start} -> 1 (this process's CPU limit; OMP_NUM_THREADS overrides)\n")
+    assert torch.get_num_threads() == 1
+    assert machine.fit_torch_threads() == ""  # nothing more to do
+    monkeypatch.setattr(machine, "cpu_quota", lambda: None)
+    torch.set_num_threads(start)
+    assert machine.fit_torch_threads() == "" and torch.get_num_threads() == start
