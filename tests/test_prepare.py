@@ -514,4 +514,4 @@ def test_help_describes_the_command(capsys):
     text = capsys.readouterr().out
     for flag in ("--source", "--out", "--year", "--workers", "--limit-per-class", "--allow-rejects", "--verify"):
         assert flag in text
-    assert f"all {prepare.default_workers()} cores" in text
+    assert f"the {prepare.default_workers()} cores this process may use" in text
