@@ -159,7 +159,7 @@ def prepare(opts: Options, stream=None) -> Summary:
         raise UserError(f"--out {out} lies inside a folder of images of the source {opts.source}")
     _check_settings(out, opts, cat)
     files.make_dir(out, "--out")
-    with _lock(out, say), _os_errors(out):  # one lock over staging and building; a full disk is one line in both
+    with _lock(out), _os_errors(out):  # one lock over staging and building; a full disk is one line in both
         if cat.layout == hf_parquet.LAYOUT:
             with _progress(sum(map(len, cat.splits.values())), opts, stream, desc="stage") as bar:
                 hf_parquet.stage(cat, out, opts.workers, bar, say)
@@ -286,7 +286,7 @@ def _os_errors(out: Path):
 
 
 @contextlib.contextmanager
-def _lock(out: Path, say):
+def _lock(out: Path):
     """One prepare at a time per output directory (where the file system can lock)."""
     try:
         import fcntl  # noqa: F401  (files.try_lock uses it)
@@ -302,9 +302,10 @@ def _lock(out: Path, say):
         state = files.try_lock(f)
         if state == "busy":
             raise UserError(f"another prepare is writing to {out}")
-        if state != "taken":
-            say(f"cannot lock {out / LOCK} ({state}: this file system does not support locks); going on "
-                f"without the guard against a second prepare writing to {out} at the same time")
+        if state != "taken":  # on stderr, even with --quiet: the user should know the guard is off
+            print(f"prepare: cannot lock {out / LOCK} ({state}: this file system does not support locks); going "
+                  f"on without the guard against a second prepare writing to {out} at the same time",
+                  file=sys.stderr, flush=True)
         yield  # closing the file drops the lock
 
 

@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in TORCH_COMMANDS:  # a container's CPU limit: no more torch threads than it allows
             from repro import machine
 
-            note = machine.fit_torch_threads()
-            if note:
-                print(f"{name}: {note}", file=sys.stderr)
+            machine.fit_torch_threads()  # (the machine line and a run's provenance.json show the count)
         return int(module.main(rest) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -189,18 +189,22 @@ SHM_DIR = "/dev/shm"  # where torch's shared memory lives on Linux (shm_open): a
 
 
 def _check_shared_memory(batches: int, batch_bytes: int) -> None:
-    """Before the loader starts: room in /dev/shm for the batches it may hold at once. Its workers
-    hand batches over in shared memory, and a container's /dev/shm is often small (Docker gives 64
-    MB unless told otherwise), where torch would fail with a traceback about shm_open, or a worker
-    die of SIGBUS. Nothing to check where there is no /dev/shm (macOS)."""
+    """Before the loader starts: room in /dev/shm for the batches it may hold at once, in every
+    process that torchrun started on this machine (LOCAL_WORLD_SIZE). Loader workers hand batches
+    over in shared memory, and a container's /dev/shm is often small (Docker gives 64 MB unless
+    told otherwise), where torch would fail with a traceback about shm_open, or a worker die of
+    SIGBUS. Nothing to check where there is no /dev/shm (macOS)."""
     try:
         st = os.statvfs(SHM_DIR)
     except (OSError, AttributeError):
         return
     free = st.f_bavail * st.f_frsize
-    if batches * batch_bytes > free:
-        raise UserError(_no_shared_memory(f"about {files.size_text(batches * batch_bytes)} ({batches} batches "
-                                          f"of {files.size_text(batch_bytes)}), and {SHM_DIR} has "
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    need = processes * batches * batch_bytes
+    if need > free:
+        each = f" in each of this machine's {processes} processes" if processes > 1 else ""
+        raise UserError(_no_shared_memory(f"about {files.size_text(need)} ({batches} batches of "
+                                          f"{files.size_text(batch_bytes)}{each}), and {SHM_DIR} has "
                                           f"{files.size_text(free)} free"))
 
 
@@ -215,8 +219,8 @@ def _new_shared(n: int) -> torch.UntypedStorage:
     from a loader worker (_relayed)."""
     try:
         return torch.UntypedStorage._new_shared(n)
-    except RuntimeError as e:
-        if "shared memory" not in str(e):
+    except RuntimeError as e:  # only running out of room; other failures (too many open files) are not this
+        if not any(t in str(e) for t in ("No space left on device", "Cannot allocate memory", "(28)", "(12)")):
             raise
         raise DataError(_no_shared_memory(f"{files.size_text(n)} more than {SHM_DIR} could give "
                                           f"({str(e).split(': ')[-1]})")) from None
@@ -413,16 +417,19 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def check_train_shared_memory(cfg, parts: int = 1, pin_memory: bool = False,
-                              reuse_buffers: bool = True) -> tuple[int, tuple]:
-    """Room in /dev/shm for the training loader's batches in flight (the trainer checks before it
-    writes anything in the run directory). Returns the ring's slots and the shape of one batch's
-    images."""
+def check_train_shared_memory(cfg, parts: int = 1, pin_memory: bool = False, reuse_buffers: bool = True,
+                              validation: bool = False) -> tuple[int, tuple]:
+    """Room in /dev/shm for the training loader's batches in flight, and with `validation` for the
+    validation loader's (centre crops of eval.batch_size images) where those take more: the
+    trainer checks both before it writes anything in the run directory. Returns the ring's slots
+    and the shape of one training batch's images."""
     workers, rows, crop = cfg.data.workers, cfg.data.batch_size // parts, cfg.augment.crop
     slots = workers * PREFETCH + 3
     if workers:  # batches in flight: the ring's slots, or what the workers prepare plus the one in use
-        _check_shared_memory(slots if reuse_buffers and not pin_memory else workers * PREFETCH + 2,
-                             rows * crop * crop * 3)
+        needs = [(slots if reuse_buffers and not pin_memory else workers * PREFETCH + 2, rows * crop * crop * 3)]
+        if validation:
+            needs.append((workers * PREFETCH + 1, cfg.eval.batch_size * crop * crop * 3))  # as eval_batches counts
+        _check_shared_memory(*max(needs, key=lambda need: need[0] * need[1]))
     return slots, (rows, crop, crop, 3)
 
 

@@ -112,9 +112,10 @@ def try_lock(f) -> str:
     the file is closed or the process ends, however it ends. Returns "taken", "busy" (another
     process holds it), or, where the file system cannot lock at all, the system's reason, e.g.
     "Function not implemented" (Lustre mounted without its flock option: ENOSYS) or "No locks
-    available" (NFS without its lock service: ENOLCK). Callers go on without the lock then, and
-    say so: a tool that refused to run on such a file system would stop its users for nothing, and
-    one that reported another process would send them looking for one that does not exist."""
+    available" (NFS without its lock service: ENOLCK; also ENOTSUP, EINVAL); any other error is
+    raised. Callers go on without the lock then, and say so: a tool that refused to run on such a
+    file system would stop its users for nothing, and one that reported another process would
+    send them looking for one that does not exist."""
     import fcntl
 
     try:
@@ -122,8 +123,13 @@ def try_lock(f) -> str:
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return "busy"
-        return e.strerror or str(e)
+        if e.errno in _NO_LOCKS:
+            return e.strerror or str(e)
+        raise
     return "taken"
+
+
+_NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL}
 
 
 def identity(path: str | Path) -> list[int]:

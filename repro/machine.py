@@ -82,12 +82,18 @@ def cpu_quota() -> int | None:
     cpu.cfs_quota_us / cpu.cfs_period_us, the smallest along the group and its ancestors; where the
     group's own directory is not mounted (a container sees its group as the root), the mount's."""
     try:
-        lines = _PROC_CGROUP.read_text().splitlines()
-    except OSError:
+        return _cpu_quota(_PROC_CGROUP.read_text(errors="replace").splitlines())
+    except (OSError, ValueError):  # no /proc (not Linux), or files not as expected: no limit known
         return None
+
+
+def _cpu_quota(lines: list[str]) -> int | None:
     limits = []
     for line in lines:
-        _, controllers, group = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, group = fields
         if controllers == "":  # v2: one unified hierarchy
             root, files = _CGROUP_FS, ("cpu.max",)
         elif "cpu" in controllers.split(","):  # v1: the hierarchy that holds the cpu controller
@@ -137,7 +143,8 @@ def usable_cores() -> int:
 def fit_torch_threads() -> str:
     """Where a CPU limit (cpu_quota) is below torch's thread count and OMP_NUM_THREADS does not
     set one, lower torch's threads to the limit: more threads than the group may run make every
-    parallel region wait for threads the system has paused. Returns what it did, or ""."""
+    parallel region wait for threads the system has paused. Returns what it did, or "". (The
+    commands that compute with torch call it: repro/cli.py.)"""
     import torch
 
     quota = cpu_quota()
@@ -170,5 +177,6 @@ def hardware() -> dict:
     import torch
 
     return {"host": socket.gethostname(), "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
+            "usable_cores": usable_cores(), "cpu_limit": cpu_quota(),
             "instruction_sets": instruction_sets(), "sha256": sha256_path(), "torch_threads": torch.get_num_threads(),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}

@@ -287,7 +287,7 @@ def set_up(cfg: Config, data_root: Path, run_dir: Path, resume: bool) -> Run:
     part, parts = (placement.pair, placement.pairs) if distributed else (0, 1)
     writer = not distributed or dist.get_rank() == 0
     train_images = check_data(cfg, data_root)
-    data.check_train_shared_memory(cfg, parts, pin_memory=placement.output_device.type == "cuda")
+    data.check_train_shared_memory(cfg, parts, pin_memory=placement.output_device.type == "cuda", validation=True)
     set_precision(cfg.speed)
     made = not run_dir.exists()
     files.make_dir(run_dir, "--run-dir")

@@ -234,17 +234,53 @@ def test_too_little_shared_memory_for_the_loader_is_one_line_before_it_starts(ti
     assert len(list(data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0, reuse_buffers=True))) == 3  # 40 images: 16, 16, 8
 
 
-def test_shared_memory_running_out_in_a_loader_worker_is_one_line(tiny_shards, monkeypatch):
-    """When /dev/shm fills up after the check (another process took it), torch's RuntimeError in
-    the worker that allocates a batch comes back as one DataError line."""
-    def refuse(n):
-        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_0>: "
-                           "No space left on device (28)")
+def test_the_shared_memory_check_counts_validation_and_every_local_process(tiny_shards, monkeypatch):
+    batch = 16 * 224 * 224 * 3
+    _shm_free(monkeypatch, 19 * batch)
+    cfg = _cfg(16, workers=2)
+    cfg.eval.batch_size = 64  # validation: 5 batches of 64 centre crops, more than training's 7 of 16
+    assert data.check_train_shared_memory(cfg) == (7, (16, 224, 224, 3))  # training's alone fit
+    with pytest.raises(UserError, match=r"need about 48\.2 MB \(5 batches of 9\.6 MB\)"):
+        data.check_train_shared_memory(cfg, validation=True)
+    cfg.eval.batch_size = 16
+    assert data.check_train_shared_memory(cfg, validation=True) == (7, (16, 224, 224, 3))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's processes on this machine share /dev/shm
+    with pytest.raises(UserError, match=r"need about 67\.4 MB \(7 batches of 2\.4 MB in each of this "
+                                        r"machine's 4 processes\)"):
+        data.check_train_shared_memory(cfg)
 
-    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", refuse)
+
+def _refuse(message: str):
+    def new_shared(n):
+        raise RuntimeError(message)
+    return new_shared
+
+
+NO_SPACE = "unable to allocate shared memory(shm) for file </torch_1_2_0>: No space left on device (28)"
+
+
+def test_shared_memory_running_out_is_one_line_and_other_failures_are_not_called_that(tiny_shards, monkeypatch):
+    """When /dev/shm fills up after the check (another process took it), torch's RuntimeError is
+    one DataError line; a failure that is not about room (too many open files) stays as it was."""
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", _refuse(NO_SPACE))
+    with pytest.raises(data.DataError, match=r"^not enough shared memory for the data loader's workers: they need "
+                                             r"\d.* more than /dev/shm could give \(No space left on device "
+                                             r"\(28\)\)\. In a container"):
+        data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0, reuse_buffers=True)  # the trainer's ring
+    other = "unable to open shared memory object </torch_1_2> in read-write mode: Too many open files (24)"
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", _refuse(other))
+    with pytest.raises(RuntimeError, match="Too many open files"):
+        data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0, reuse_buffers=True)
+
+
+def test_shared_memory_running_out_in_a_loader_worker_is_one_line(tiny_shards, monkeypatch):
+    """The same in a loader worker, which allocates each evaluation batch: the worker's DataError
+    comes back as one line (data._relayed)."""
+    if torch.multiprocessing.get_start_method() != "fork":  # the workers must inherit the patch below
+        pytest.skip(f"loader workers start by {torch.multiprocessing.get_start_method()} here, so they do not "
+                    f"inherit this test's stand-in for a full /dev/shm; the test above covers the same path")
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", _refuse(NO_SPACE))
     with pytest.raises(data.DataError, match=r"^not enough shared memory for the data loader's workers: they need "
                                              r"7\.5 MB more than /dev/shm could give \(No space left on device "
                                              r"\(28\)\)\. In a container"):
         list(data.eval_batches(tiny_shards, "val", "ten", batch_size=5, workers=2))
-    with pytest.raises(data.DataError, match="not enough shared memory"):  # the trainer's ring, in this process
-        data.train_batches(tiny_shards, _cfg(16, workers=2), epoch=0, reuse_buffers=True)

@@ -41,6 +41,10 @@ def cgroups(tmp_path, monkeypatch):
                                      "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
     ("4:cpu:/job\n", {"cpu/job/cpu.cfs_quota_us": "250000", "cpu/job/cpu.cfs_period_us": "100000"}, 3),
     ("0::/\n", {}, None),  # no cpu controller files: no limit known
+    ("\nnot a cgroup line\n0::/\n", {"cpu.max": "200000 100000"}, 2),  # odd lines are passed over
+    ("0::/\n", {"cpu.max": ""}, None),  # files not as expected: no limit known
+    ("0::/\n", {"cpu.max": "max"}, None),
+    ("4:cpu:/job\n", {"cpu/job/cpu.cfs_quota_us": "50000"}, None),  # no period file
 ])
 def test_cpu_quota_from_cgroup_files(cgroups, proc, fs, quota):
     cgroups(proc, fs)
@@ -76,15 +80,17 @@ def test_torch_threads_fit_a_cpu_limit_unless_omp_num_threads_says_otherwise(thr
     if threads < 2:
         torch.set_num_threads(2)
     start = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(machine, "cpu_quota", lambda: 1)
     monkeypatch.setenv("OMP_NUM_THREADS", str(start))  # the user's choice stands
     assert machine.fit_torch_threads() == "" and torch.get_num_threads() == start
     monkeypatch.delenv("OMP_NUM_THREADS")
-    # through the command line, as `./run.sh eval` starts: one line on stderr, then the command
+    # through the command line, as `./run.sh eval` starts: silently (a bad argument is still one line)
     assert cli.main(["eval", "no-such-run"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"eval: torch threads {start} -> 1 (this process's CPU limit; OMP_NUM_THREADS overrides)\n")
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(start)
+    assert machine.fit_torch_threads() == f"torch threads {start} -> 1 (this process's CPU limit; OMP_NUM_THREADS overrides)"
     assert torch.get_num_threads() == 1
     assert machine.fit_torch_threads() == ""  # nothing more to do
     monkeypatch.setattr(machine, "cpu_quota", lambda: None)

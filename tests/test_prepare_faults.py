@@ -746,20 +746,33 @@ def test_a_file_system_without_locks_prepares_and_says_it_could_not_lock(src, tm
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(fcntl, "flock", flock)
-    assert files.try_lock(open(tmp_path / "f", "w")) == os.strerror(code)
-    assert cli.main(["prepare", "--workers", "1", "--shard-size", str(SHARD), "--source", str(src.root),
+    with open(tmp_path / "f", "w") as f:
+        assert files.try_lock(f) == os.strerror(code)
+    assert cli.main(["prepare", "--workers", "1", "--quiet", "--shard-size", str(SHARD), "--source", str(src.root),
                      "--out", str(tmp_path / "o")]) == 0
-    out = capsys.readouterr().out
-    assert f"cannot lock {tmp_path / 'o' / prepare.LOCK} ({os.strerror(code)}: this file system does not support locks)" in out
+    err = capsys.readouterr().err  # even with --quiet
+    assert err == (f"prepare: cannot lock {tmp_path / 'o' / prepare.LOCK} ({os.strerror(code)}: this file system "
+                   f"does not support locks); going on without the guard against a second prepare writing to "
+                   f"{tmp_path / 'o'} at the same time\n")
     assert (tmp_path / "o" / "manifest.json").is_file()
 
 
-def test_try_lock_tells_a_held_lock_from_a_free_one(tmp_path):
+def test_try_lock_tells_a_held_lock_from_a_free_one(tmp_path, monkeypatch):
+    import fcntl
+
     with open(tmp_path / "f", "w") as first, open(tmp_path / "f", "w") as second:
         assert files.try_lock(first) == "taken"
         assert files.try_lock(second) == "busy"  # two opens: two holders, as two processes would be
         first.close()
         assert files.try_lock(second) == "taken"
+
+        def failing(f, how):  # an error that says nothing about locks is not taken for "no locks here"
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(fcntl, "flock", failing)
+        with pytest.raises(OSError) as e:
+            files.try_lock(second)
+        assert e.value.errno == errno.EIO
 
 
 def test_a_second_prepare_on_the_same_output_is_refused(src, tmp_path, capsys):

@@ -105,8 +105,8 @@ def test_a_run_directory_on_a_file_system_without_locks_trains_and_says_so(tiny_
 
 
 def test_too_little_shared_memory_stops_train_before_it_writes_anything(tiny_shards, tmp_path, monkeypatch):
-    """A container's small /dev/shm (Docker's default is 64 MB; the paper's config keeps 11 batches
-    of 19 MB in flight): train says so in one line and leaves no run directory behind, so the same
+    """A container's small /dev/shm (Docker's default is 64 MB; the paper's config keeps 10 or 11
+    batches of 19 MB in flight): train says so in one line and leaves no run directory behind, so the same
     command works once the container has more (no --resume needed)."""
     from repro import data
 
