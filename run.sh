@@ -79,14 +79,17 @@ setup() {
     echo "setup: GPU found; installing torch with CUDA"
     "$py" -m pip install 'torch>=2.3'
   else
-    # No GPU: a CPU build, never the default index's multi-GB CUDA build. A local wheel first
-    # (pip's find-links), then its dependencies from the usual index; else PyTorch's CPU index.
+    # No GPU: a CPU build, not the default index's multi-GB CUDA build. A local wheel first
+    # (pip's find-links), else PyTorch's CPU index, each without its dependencies, which then
+    # come from the usual index. Where neither is there (PyTorch's index blocked, only PyPI
+    # reachable), the usual index's torch, and a warning: on Linux that is a CUDA build.
     echo "setup: no GPU found; installing a CPU build of torch"
-    if "$py" -m pip install --no-index --no-deps 'torch>=2.3' 2>/dev/null; then
+    if "$py" -m pip install --no-index --no-deps 'torch>=2.3' 2>/dev/null ||
+       "$py" -m pip install --no-deps 'torch>=2.3' --retries 1 --index-url https://download.pytorch.org/whl/cpu; then
       "$py" -m pip install "torch==$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))')"
     else
-      "$py" -m pip install 'torch>=2.3' --retries 1 --index-url https://download.pytorch.org/whl/cpu \
-        --extra-index-url https://pypi.org/simple
+      echo "setup: warning: PyTorch's CPU index (https://download.pytorch.org/whl/cpu) cannot be reached; installing torch from the usual index instead, which on Linux is a CUDA build: it runs on the CPU too, but downloads several GB. To avoid that, put a CPU wheel of torch where pip finds it (pip's find-links) and run setup again" >&2
+      "$py" -m pip install 'torch>=2.3'
     fi
   fi
   if ! "$py" -m pip install -e '.[test]'; then

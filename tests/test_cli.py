@@ -5,6 +5,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,37 @@ def test_setup_says_what_to_do_when_the_dependencies_do_not_install(tmp_path):
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("setup: the project's own dependencies did not install on Python 3.") and "HDF5_DIR" in last
+
+
+def test_setup_without_pytorchs_cpu_index_says_it_falls_back_to_the_usual_index(tmp_path):
+    """No GPU, no local torch wheel, and PyTorch's CPU index unreachable (only PyPI allowed, as
+    behind some proxies): setup installs the usual index's torch, a CUDA build on Linux, and says
+    so instead of claiming a CPU build. Here a venv whose python fails `import torch` and the two
+    CPU-build installs, and records every other pip call, stands in for it."""
+    venv, calls = tmp_path / "venv", tmp_path / "pip-calls"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "python"
+    stub.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        if [[ "$1" == "-c" && "$2" == "import torch" ]]; then exit 1; fi
+        if [[ "$1 $2" == "-m pip" ]]; then
+          if [[ "$*" == *"--no-index"* || "$*" == *"download.pytorch.org"* ]]; then exit 1; fi
+          echo "${{*:3}}" >> {shlex.quote(str(calls))}; exit 0
+        fi
+        exec {shlex.quote(sys.executable)} "$@"
+        """))
+    stub.chmod(0o755)
+    (tmp_path / "no-gpu").mkdir()  # an nvidia-smi that finds no GPU, whatever this machine has
+    (tmp_path / "no-gpu" / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
+    (tmp_path / "no-gpu" / "nvidia-smi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "REPRO_NO_VENV", "PYTHON")}
+    r = subprocess.run(["bash", str(REPO / "run.sh"), "setup"], capture_output=True, text=True,
+                       env={**env, "REPRO_VENV": str(venv), "PATH": f"{tmp_path / 'no-gpu'}:{env['PATH']}"},
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "setup: warning: PyTorch's CPU index (https://download.pytorch.org/whl/cpu) cannot be reached" in r.stderr
+    assert "which on Linux is a CUDA build" in r.stderr
+    assert calls.read_text().splitlines() == ["install torch>=2.3", "install -e .[test]"]
 
 
 def test_run_commands_fail_in_one_line(tiny_run, tiny_shards, tmp_path, capsys):
