@@ -26,6 +26,7 @@ in a worker is allocated in shared memory so that handing it to the main process
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
@@ -146,12 +147,20 @@ def open_split(root: str | Path, split: str) -> Split:
     return Split(metas, labels)
 
 
-class _Images:
-    """Memory maps of a split's image blocks, opened lazily by the process that reads them."""
+# Memory maps a reading process keeps open at once. Each holds a file descriptor (Python's mmap
+# keeps its own copy), and ImageNet's training split has 1,252 shards: a worker that kept every
+# shard it had read would pass a common per-process limit of 1,024 open files (`ulimit -n`) late in
+# its first epoch and die of EMFILE. A batch reads one or two shards, so a few recent maps suffice.
+OPEN_MAPS = 16
+
+
+class ShardImages:
+    """Memory maps of a split's image blocks, opened lazily by the process that reads them; the
+    OPEN_MAPS most recently used stay open."""
 
     def __init__(self, metas):
         self.metas = metas
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._pid = os.getpid()
 
     def __getstate__(self):  # never ship open maps to another process
@@ -162,9 +171,13 @@ class _Images:
 
     def __getitem__(self, j: int) -> np.ndarray:
         if self._pid != os.getpid():  # forked: open our own maps
-            self._maps, self._pid = {}, os.getpid()
-        if j not in self._maps:
+            self._maps, self._pid = collections.OrderedDict(), os.getpid()
+        if j in self._maps:
+            self._maps.move_to_end(j)
+        else:
             self.check(j)
+            while len(self._maps) >= OPEN_MAPS:  # the least recently used goes (its descriptor with it)
+                self._maps.popitem(last=False)
             self._maps[j] = shards.map_images(self.metas[j])
         return self._maps[j]
 
@@ -341,7 +354,7 @@ class _TrainSteps(torch.utils.data.Dataset):
 
     def __init__(self, split: Split, cfg, epoch: int, start_step: int, part: int, parts: int,
                  ring: _Ring | None = None):
-        self.images = _Images(split.metas)
+        self.images = ShardImages(split.metas)
         self.ring = ring
         self.labels = split.labels
         self.starts = split.starts
@@ -468,7 +481,7 @@ class _EvalSteps(torch.utils.data.Dataset):
     """Item i: images [i * B, (i + 1) * B) of the split in file order, as test views."""
 
     def __init__(self, split: Split, offsets: np.ndarray, batch_size: int, crop: int):
-        self.images = _Images(split.metas)
+        self.images = ShardImages(split.metas)
         self.labels = np.concatenate(split.labels)
         self.starts, self.counts = split.starts, split.counts
         self.offsets, self.batch_size, self.crop = offsets, batch_size, crop

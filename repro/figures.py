@@ -13,7 +13,6 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from data_prep import shards
 from repro import augment, data
 from repro.progress import Progress
 
@@ -142,16 +141,14 @@ class SplitImages:
         self.split = data.open_split(root, split)
         self.starts = self.split.starts
         self.labels = np.concatenate(self.split.labels)
-        self._maps = {}
+        self._images = data.ShardImages(self.split.metas)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> np.ndarray:
         j = int(np.searchsorted(self.starts, i, side="right") - 1)
-        if j not in self._maps:
-            self._maps[j] = shards.map_images(self.split.metas[j])
-        return np.asarray(self._maps[j][i - self.starts[j]])
+        return np.asarray(self._images[j][i - self.starts[j]])
 
 
 @torch.no_grad()

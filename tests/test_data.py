@@ -1,7 +1,9 @@
 """The shard reader and the training / evaluation streams (repro.data) on the tiny dataset."""
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +286,64 @@ def test_shared_memory_running_out_in_a_loader_worker_is_one_line(tiny_shards, m
                                              r"7\.5 MB more than /dev/shm could give \(No space left on device "
                                              r"\(28\)\)\. In a container"):
         list(data.eval_batches(tiny_shards, "val", "ten", batch_size=5, workers=2))
+
+
+# ------------------------------------------------------------------------- open files
+
+def _open_files() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd (Linux)")
+def test_a_reader_keeps_only_a_few_shards_open(tiny_shards, monkeypatch):
+    """Each memory-mapped shard holds a file descriptor; ImageNet's 1,252 training shards are more
+    than a common limit of 1,024 open files, which a reader keeping every shard it had read would
+    pass late in its first epoch (EMFILE). Here, with the limit on open maps lowered to 1, an epoch
+    over the tiny set's 3 shards never holds more than one, and gives the same batches."""
+    before = _open_files()
+    full = list(data.train_batches(tiny_shards, _cfg(8, workers=0), epoch=0))
+    monkeypatch.setattr(data, "OPEN_MAPS", 1)
+    base = _open_files()
+    assert base <= before + 1
+    seen, held = [], 0
+    for batch in data.train_batches(tiny_shards, _cfg(8, workers=0), epoch=0):
+        seen.append(batch)
+        held = max(held, _open_files() - base)
+    assert held == 1
+    assert _same(seen, full)
+    images = data.ShardImages(data.open_split(tiny_shards, "train").metas)
+    for j in (0, 1, 2, 0):
+        images[j]
+        assert list(images._maps) == [j]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd (Linux)")
+def test_an_epoch_over_more_shards_than_the_open_file_limit(tmp_path):
+    """The failure itself, small: 120 one-image training shards read in a process allowed 40 more
+    open files than it has when it starts. Before the reader closed old maps, the epoch died of
+    EMFILE ("Too many open files") part way."""
+    import subprocess
+    import sys
+
+    from data_prep import fake_ilsvrc as fake
+    from data_prep import prepare
+
+    rng = np.random.default_rng(0)
+    train, val, _, words = fake.random_dataset(rng, 4, 30, 1, size=(80, 60))
+    src = fake.write_ilsvrc2012(tmp_path / "src", train, val, words)
+    prepare.prepare(prepare.Options(src.root, tmp_path / "out", workers=1, shard_size=1, quiet=True))
+    assert len(shards.list_shards(tmp_path / "out", "train")) == 120
+    code = f"""
+import os, resource
+from repro import data
+from repro.config import Config
+cfg = Config()
+cfg.data.batch_size, cfg.data.workers = 8, 0
+open_now = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(sum(len(b.labels) for b in data.train_batches({str(tmp_path / "out")!r}, cfg, epoch=0)))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "120"
