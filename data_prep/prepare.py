@@ -282,7 +282,20 @@ def _os_errors(out: Path):
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise UserError(f"cannot write in {out} ({text}): make it writable or pass another --out "
                             f"(finished shards are kept)") from None
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise UserError(f"too many open files ({text}): raise the limit (ulimit -n; it is "
+                            f"{_open_file_limit()} here) or use fewer --workers, and run the same command "
+                            f"again (finished shards are kept)") from None
         raise
+
+
+def _open_file_limit() -> str:
+    try:
+        import resource
+
+        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        return "unknown"
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ copied or downloaded again, the bytes read now hash to `inputs_sha256`; else it 
 """
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import multiprocessing as mp
@@ -242,11 +243,19 @@ def summarize_shard(path: Path, n_classes: int, moments: bool) -> dict:
     return out
 
 
+# Source files a worker keeps open at once. An archive holds thousands of images and is read
+# through one descriptor; an extracted tree (or Kaggle's layout) has a file per image, and a
+# shard's 1,024 of them held open together would pass a common per-process limit of 1,024 open
+# files (`ulimit -n`). Items are read grouped by file, so a few recent descriptors suffice.
+OPEN_FILES = 32
+
+
 class _Reader:
-    """Reads byte ranges of the source files, keeping each file open for the shard's duration."""
+    """Reads byte ranges of the source files, keeping the OPEN_FILES used last open until the
+    shard is done."""
 
     def __init__(self):
-        self._fds: dict[str, int] = {}
+        self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     def __enter__(self) -> "_Reader":
         return self
@@ -270,10 +279,16 @@ class _Reader:
     def read(self, item: Item) -> bytes:
         fd = self._fds.get(item.path)
         if fd is None:
+            while len(self._fds) >= OPEN_FILES:  # the least recently used file is closed
+                os.close(self._fds.popitem(last=False)[1])
             try:
                 fd = self._fds[item.path] = os.open(item.path, os.O_RDONLY)
             except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):  # the process's limit, not this image's fault
+                    raise
                 raise images.BadImage(f"cannot open {item.path}: {e.strerror}") from None
+        else:
+            self._fds.move_to_end(item.path)
         try:
             data = os.pread(fd, item.size, item.offset)
         except OSError as e:  # e.g. a bad sector: this image is lost, not the run

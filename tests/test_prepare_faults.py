@@ -784,3 +784,45 @@ def test_a_second_prepare_on_the_same_output_is_refused(src, tmp_path, capsys):
         err = one_line_error(capsys, ["--source", str(src.root), "--out", str(tmp_path / "o")])
     assert "another prepare is writing to" in err
     assert not shards.list_shards(tmp_path / "o", "train")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd (Linux)")
+def test_a_tree_source_prepares_within_a_low_open_file_limit(tmp_path):
+    """An extracted tree (or Kaggle's layout) has a file per image, and a shard of 1,024 images
+    held all of them open, past a common limit of 1,024 open files. Here: 240 files in one shard,
+    in a process allowed 100 more open files than it starts with. Every image is kept."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    train, val, _, words = fake.random_dataset(rng, 4, 60, 2, size=(80, 60))
+    tree = fake.write_tree(tmp_path / "tree", train, val, words)
+    code = f"""
+import os, resource
+from data_prep import prepare
+open_now = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 100, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+s = prepare.prepare(prepare.Options({str(tree.root)!r}, {str(tmp_path / "out")!r}, workers=1, shard_size=240,
+                                    quiet=True))
+print(s.complete, s.counts["train"], s.rejects)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["True", "240", "0"]
+
+
+def test_running_out_of_open_files_is_one_line_not_a_rejected_image(src, tmp_path, capsys, monkeypatch):
+    """EMFILE opening a source file is the process's limit, not the image's fault: one line naming
+    the limit, and no image recorded as rejected."""
+    real = os.open
+
+    def no_more(path, flags, *args, **kwargs):
+        if str(path).startswith(str(src.root)):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(workers.os, "open", no_more)
+    err = one_line_error(capsys, ["--source", str(src.root), "--out", str(tmp_path / "o")])
+    assert "too many open files" in err and "ulimit -n" in err and "finished shards are kept" in err
+    assert not (tmp_path / "o" / prepare.REJECTS).exists()
