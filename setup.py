@@ -17,9 +17,12 @@ setup(
     packages=find_packages(include=["repro", "repro.*", "data_prep", "data_prep.*"]),
     install_requires=[
         "torch>=2.3",
+        # The floors are the oldest releases with wheels for Python 3.11 (scipy 1.9.0 and 1.9.1 and
+        # pillow 9.1 have none, and building them from source fails without their compilers and
+        # libraries); CI installs exactly these (uv's lowest-direct resolution) and runs the suite.
         "numpy>=1.24",
-        "pillow>=9.1",
-        "scipy>=1.9",
+        "pillow>=9.2",
+        "scipy>=1.9.2",
         "h5py>=3.8",
         "matplotlib>=3.6",
     ],
@@ -27,14 +30,14 @@ setup(
         # prepare from Hugging Face's ILSVRC/imagenet-1k Parquet files (data_prep/hf_parquet.py)
         "hf": ["pyarrow>=12"],
         # train writes TensorBoard event files when this is installed (repro/watch.py)
-        "watch": ["tensorboard>=2.10"],
+        "watch": ["tensorboard>=2.12"],
         # ./run.sh export --format onnx | safetensors (repro/export.py). Floors tested with torch
         # 2.13: its exporter needs onnxscript 0.6+; onnxruntime 1.18 does not import with numpy 2, 1.19 does.
         "export": ["onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
         # the test suite runs the optional paths too, so CI (./run.sh setup installs .[test]) covers them
         # pytest-timeout: a test that hangs (a stuck process group, a lost worker) fails with every
         # thread's stack instead of holding CI until its limit (pytest.ini, timeout)
-        "test": ["pytest>=7", "pytest-timeout>=2", "pyarrow>=12", "tensorboard>=2.10",
+        "test": ["pytest>=7", "pytest-timeout>=2", "pyarrow>=12", "tensorboard>=2.12",
                  "onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
     },
     entry_points={"console_scripts": ["alexnet-repro=repro.cli:main"]},
