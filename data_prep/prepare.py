@@ -302,11 +302,6 @@ def _open_file_limit() -> str:
 def _lock(out: Path):
     """One prepare at a time per output directory (where the file system can lock)."""
     try:
-        import fcntl  # noqa: F401  (files.try_lock uses it)
-    except ImportError:  # pragma: no cover  (Windows: no lock)
-        yield
-        return
-    try:
         f = open(out / LOCK, "w")
     except OSError as e:
         raise UserError(f"cannot write in --out {out} ({e.strerror}): make it writable or pass another "

@@ -116,8 +116,10 @@ def try_lock(f) -> str:
     raised. Callers go on without the lock then, and say so: a tool that refused to run on such a
     file system would stop its users for nothing, and one that reported another process would
     send them looking for one that does not exist."""
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return "this system has no flock"
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -10,6 +10,7 @@ both default to the best the CPU has.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import socket
@@ -74,6 +75,7 @@ _PROC_CGROUP = Path("/proc/self/cgroup")
 _CGROUP_FS = Path("/sys/fs/cgroup")
 
 
+@functools.cache  # read once per process: a group's limit does not change under a running job
 def cpu_quota() -> int | None:
     """The CPU time this process's control group may use, in whole CPUs rounded up (`docker run
     --cpus`, a Kubernetes CPU limit, a systemd CPUQuota), or None where there is no limit. Such a

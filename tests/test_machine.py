@@ -13,13 +13,15 @@ def cgroups(tmp_path, monkeypatch):
     """write(proc_cgroup, {relative path: content}) lays out /proc/self/cgroup and /sys/fs/cgroup."""
     monkeypatch.setattr(machine, "_PROC_CGROUP", tmp_path / "proc_self_cgroup")
     monkeypatch.setattr(machine, "_CGROUP_FS", tmp_path / "cgroup")
+    machine.cpu_quota.cache_clear()  # cpu_quota reads the files once per process
 
     def write(proc: str, fs: dict[str, str]) -> None:
         (tmp_path / "proc_self_cgroup").write_text(proc)
         for path, content in fs.items():
             (tmp_path / "cgroup" / path).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / "cgroup" / path).write_text(content)
-    return write
+    yield write
+    machine.cpu_quota.cache_clear()  # not this test's files for the next
 
 
 @pytest.mark.parametrize("proc, fs, quota", [
@@ -53,7 +55,11 @@ def test_cpu_quota_from_cgroup_files(cgroups, proc, fs, quota):
 
 def test_no_proc_cgroup_means_no_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(machine, "_PROC_CGROUP", tmp_path / "absent")
-    assert machine.cpu_quota() is None
+    machine.cpu_quota.cache_clear()
+    try:
+        assert machine.cpu_quota() is None
+    finally:
+        machine.cpu_quota.cache_clear()
 
 
 def test_usable_cores_and_prepares_workers_respect_the_limit(monkeypatch):
