@@ -7,6 +7,27 @@ import pytest
 from tests.tiny_data import SIGNAL, make_tiny_shards, small_config
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`./run.sh test -n auto`), each worker process gets its share of the
+    usable cores as torch threads, and so do the commands its tests start (OMP_NUM_THREADS is
+    inherited). Left alone, every worker runs one thread per core: on a 16-core GPU machine 14
+    workers ran 224 threads on 16 cores, and the heaviest tests ran past pytest-timeout. Here 7
+    copies of one model test took 84 s with 2 threads each on 2 cores and 35 s with 1.
+    OMP_NUM_THREADS set by the user stands."""
+    import os
+
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    from repro import machine
+
+    share = max(1, machine.usable_cores() // max(1, int(workers)))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    torch.set_num_threads(share)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need a CUDA GPU: skipped, with the reason, where torch sees none."""
     import torch

@@ -102,3 +102,27 @@ def test_torch_threads_fit_a_cpu_limit_unless_omp_num_threads_says_otherwise(thr
     monkeypatch.setattr(machine, "cpu_quota", lambda: None)
     torch.set_num_threads(start)
     assert machine.fit_torch_threads() == "" and torch.get_num_threads() == start
+
+
+@pytest.mark.parametrize("workers, cores, share", [(None, 8, None), ("3", 8, 2), ("4", 2, 1), ("1", 6, 6)])
+def test_pytest_xdist_workers_share_the_cores_as_torch_threads(threads, monkeypatch, workers, cores, share):
+    """tests/conftest.py: under pytest-xdist (PYTEST_XDIST_WORKER_COUNT) each worker runs its share
+    of the usable cores, at least one, and tells the commands its tests start (OMP_NUM_THREADS);
+    without xdist, or where the user set OMP_NUM_THREADS, nothing changes."""
+    from tests import conftest
+
+    monkeypatch.setattr(machine, "usable_cores", lambda: cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's choice stands
+    if workers:
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", workers)
+    else:
+        monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    torch.set_num_threads(5)
+    conftest.pytest_configure(None)
+    assert torch.get_num_threads() == 5 and os.environ["OMP_NUM_THREADS"] == "5"
+    monkeypatch.delenv("OMP_NUM_THREADS")  # restored afterwards to what it was before the test
+    conftest.pytest_configure(None)
+    if share is None:
+        assert torch.get_num_threads() == 5 and "OMP_NUM_THREADS" not in os.environ
+    else:
+        assert torch.get_num_threads() == share and os.environ["OMP_NUM_THREADS"] == str(share)
