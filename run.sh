@@ -32,6 +32,7 @@ TXT
 VENV="${REPRO_VENV:-$REPO/.venv}"
 [[ "$VENV" == /* ]] || VENV="$REPO/$VENV"
 MIN_PYTHON="3.11"  # tomllib; and the oldest Python the suite runs on in CI (3.11.2)
+TORCH_MIN="2.5"  # setup.py's floor for torch (tests/test_cli.py checks that they agree)
 
 # The interpreter: an active venv/conda env, else the project's venv, else python3.
 python_bin() {
@@ -56,6 +57,36 @@ check_python() {
 
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
+# Version strings compared by major.minor: version_at_least 2.13.0+cpu 2.5
+version_at_least() {
+  local IFS=.
+  local -a have=($1) need=($2)
+  local major=${have[0]%%[!0-9]*} minor=${have[1]%%[!0-9]*}
+  (( major > need[0] || (major == need[0] && minor >= need[1]) ))
+}
+
+# torch into interpreter $1: with CUDA where a GPU is present, else a CPU build
+install_torch() {
+  local py=$1
+  if have_gpu; then
+    echo "setup: GPU found; installing torch with CUDA"
+    "$py" -m pip install "torch>=$TORCH_MIN"
+  else
+    # No GPU: a CPU build, not the default index's multi-GB CUDA build. A local wheel first
+    # (pip's find-links), else PyTorch's CPU index, each without its dependencies, which then
+    # come from the usual index. Where neither is there (PyTorch's index blocked, only PyPI
+    # reachable), the usual index's torch, and a warning: on Linux that is a CUDA build.
+    echo "setup: no GPU found; installing a CPU build of torch"
+    if "$py" -m pip install --no-index --no-deps "torch>=$TORCH_MIN" 2>/dev/null ||
+       "$py" -m pip install --no-deps "torch>=$TORCH_MIN" --retries 1 --index-url https://download.pytorch.org/whl/cpu; then
+      "$py" -m pip install "torch==$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))')"
+    else
+      echo "setup: warning: PyTorch's CPU index (https://download.pytorch.org/whl/cpu) cannot be reached; installing torch from the usual index instead, which on Linux is a CUDA build: it runs on the CPU too, but downloads several GB. To avoid that, put a CPU wheel of torch where pip finds it (pip's find-links) and run setup again" >&2
+      "$py" -m pip install "torch>=$TORCH_MIN"
+    fi
+  fi
+}
+
 setup() {
   local py base="${PYTHON:-python3}"
   cd "$REPO"
@@ -73,24 +104,17 @@ setup() {
   py=$(python_bin)
   check_python "$py"
   echo "setup: using $py ($("$py" -V 2>&1))"
-  if "$py" -c 'import torch' 2>/dev/null; then
-    echo "setup: torch $("$py" -c 'import torch; print(torch.__version__)') already installed"
-  elif have_gpu; then
-    echo "setup: GPU found; installing torch with CUDA"
-    "$py" -m pip install 'torch>=2.3'
+  local torch_now
+  torch_now=$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null) || torch_now=""
+  if [[ -n "$torch_now" ]] && version_at_least "$torch_now" "$TORCH_MIN"; then
+    echo "setup: torch $torch_now already installed"
+  elif [[ -n "$torch_now" && ( -n "${CONDA_PREFIX:-}" || ( -n "${VIRTUAL_ENV:-}" && "${VIRTUAL_ENV:-}" != "$VENV" ) ) ]]; then
+    # the user's own environment: its torch is theirs to upgrade (with the right CUDA build)
+    echo "setup: the active environment ($("$py" -c 'import sys; print(sys.prefix)')) has torch $torch_now; this project needs $TORCH_MIN or newer: upgrade it there (pip install -U torch, from the index for your CUDA), or deactivate it to use the project's own venv" >&2
+    exit 2
   else
-    # No GPU: a CPU build, not the default index's multi-GB CUDA build. A local wheel first
-    # (pip's find-links), else PyTorch's CPU index, each without its dependencies, which then
-    # come from the usual index. Where neither is there (PyTorch's index blocked, only PyPI
-    # reachable), the usual index's torch, and a warning: on Linux that is a CUDA build.
-    echo "setup: no GPU found; installing a CPU build of torch"
-    if "$py" -m pip install --no-index --no-deps 'torch>=2.3' 2>/dev/null ||
-       "$py" -m pip install --no-deps 'torch>=2.3' --retries 1 --index-url https://download.pytorch.org/whl/cpu; then
-      "$py" -m pip install "torch==$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))')"
-    else
-      echo "setup: warning: PyTorch's CPU index (https://download.pytorch.org/whl/cpu) cannot be reached; installing torch from the usual index instead, which on Linux is a CUDA build: it runs on the CPU too, but downloads several GB. To avoid that, put a CPU wheel of torch where pip finds it (pip's find-links) and run setup again" >&2
-      "$py" -m pip install 'torch>=2.3'
-    fi
+    [[ -z "$torch_now" ]] || echo "setup: torch $torch_now is older than $TORCH_MIN, the oldest this project runs on; installing a newer one"
+    install_torch "$py"
   fi
   if ! "$py" -m pip install -e '.[test]'; then
     # An optional package without a wheel for this Python or platform must not stop the rest:

@@ -218,6 +218,12 @@ def onnx_graphs(src: Source, staging: "Staging", out: Path) -> None:
     print(f"  {check_onnx(src.wrapper, staging.tmp(out), staging.tmp(ten_view_path(out)))}", file=sys.stderr)
 
 
+# The largest batch the ONNX graphs promise. A bound, not infinity: torch 2.5-2.7's torch.export
+# refuses an unbounded batch dimension of the ten-view model (its guard "batch != 2**63 - 1" does
+# not hold over the whole default range); 2**20 images is far beyond any one call of the files.
+BATCH_MAX = 2 ** 20
+
+
 def onnx_model(module: nn.Module, input_name: str, size: int, output_name: str):
     """torch.export's graph of `module` on uint8 (batch, size, size, 3) as an onnx.ModelProto (the
     opset of torch's exporter; the weights inside: a model under 2 GB needs no external data)."""
@@ -229,11 +235,24 @@ def onnx_model(module: nn.Module, input_name: str, size: int, output_name: str):
         with _quiet_exporter():
             program = torch.onnx.export(module, (example,), dynamo=True, external_data=False, verbose=False,
                                         input_names=[input_name], output_names=[output_name],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+                                        dynamic_shapes=({0: torch.export.Dim("batch", max=BATCH_MAX)},))
     except ImportError as e:  # an onnxscript older than this torch's exporter
         raise UserError(f"torch {torch.__version__}'s ONNX exporter cannot use the installed onnxscript "
                         f"{_version('onnxscript')} ({e}): {sys.executable} -m pip install -U onnxscript") from None
-    return program.model_proto
+    return _name_batch_axis(program.model_proto)
+
+
+def _name_batch_axis(proto):
+    """The input's first axis is called "batch" in the graph, whatever symbol torch's exporter gave
+    it (torch 2.7 keeps the Dim's name, 2.5 writes "s0"), in every shape that uses it."""
+    symbol = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    if symbol and symbol != "batch":
+        g = proto.graph
+        for value in (*g.input, *g.output, *g.value_info):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param == symbol:
+                    dim.dim_param = "batch"
+    return proto
 
 
 @contextlib.contextmanager

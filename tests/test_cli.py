@@ -89,17 +89,18 @@ def test_setup_says_what_to_do_when_the_dependencies_do_not_install(tmp_path):
     assert last.startswith("setup: the project's own dependencies did not install on Python 3.") and "HDF5_DIR" in last
 
 
-def test_setup_without_pytorchs_cpu_index_says_it_falls_back_to_the_usual_index(tmp_path):
-    """No GPU, no local torch wheel, and PyTorch's CPU index unreachable (only PyPI allowed, as
-    behind some proxies): setup installs the usual index's torch, a CUDA build on Linux, and says
-    so instead of claiming a CPU build. Here a venv whose python fails `import torch` and the two
-    CPU-build installs, and records every other pip call, stands in for it."""
+def setup_with_a_stub_python(tmp_path, torch_version: str | None, env_extra: dict | None = None):
+    """`./run.sh setup` with REPRO_VENV a venv whose python reports `torch_version` installed (None:
+    no torch), fails the two CPU-build installs of torch (no local wheel, PyTorch's CPU index
+    unreachable), records every other pip call and runs everything else with the real Python;
+    on a PATH whose nvidia-smi finds no GPU. Returns the result and the recorded pip calls."""
     venv, calls = tmp_path / "venv", tmp_path / "pip-calls"
     (venv / "bin").mkdir(parents=True)
     stub = venv / "bin" / "python"
+    version = f"echo {torch_version}; exit 0" if torch_version else "exit 1"
     stub.write_text(textwrap.dedent(f"""\
         #!/bin/bash
-        if [[ "$1" == "-c" && "$2" == "import torch" ]]; then exit 1; fi
+        if [[ "$1" == "-c" && "$2" == *'m.version("torch")'* ]]; then {version}; fi
         if [[ "$1 $2" == "-m pip" ]]; then
           if [[ "$*" == *"--no-index"* || "$*" == *"download.pytorch.org"* ]]; then exit 1; fi
           echo "${{*:3}}" >> {shlex.quote(str(calls))}; exit 0
@@ -107,17 +108,59 @@ def test_setup_without_pytorchs_cpu_index_says_it_falls_back_to_the_usual_index(
         exec {shlex.quote(sys.executable)} "$@"
         """))
     stub.chmod(0o755)
+    (venv / "bin" / "python3").symlink_to("python")  # what an active environment is called by
     (tmp_path / "no-gpu").mkdir()  # an nvidia-smi that finds no GPU, whatever this machine has
     (tmp_path / "no-gpu" / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
     (tmp_path / "no-gpu" / "nvidia-smi").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "REPRO_NO_VENV", "PYTHON")}
-    r = subprocess.run(["bash", str(REPO / "run.sh"), "setup"], capture_output=True, text=True,
-                       env={**env, "REPRO_VENV": str(venv), "PATH": f"{tmp_path / 'no-gpu'}:{env['PATH']}"},
-                       timeout=120)
+    r = subprocess.run(["bash", str(REPO / "run.sh"), "setup"], capture_output=True, text=True, timeout=120,
+                       env={**env, "REPRO_VENV": str(venv), "PATH": f"{tmp_path / 'no-gpu'}:{env['PATH']}",
+                            **(env_extra or {})})
+    return r, (calls.read_text().splitlines() if calls.exists() else [])
+
+
+def test_setup_without_pytorchs_cpu_index_says_it_falls_back_to_the_usual_index(tmp_path):
+    """No GPU, no local torch wheel, and PyTorch's CPU index unreachable (only PyPI allowed, as
+    behind some proxies): setup installs the usual index's torch, a CUDA build on Linux, and says
+    so instead of claiming a CPU build."""
+    r, calls = setup_with_a_stub_python(tmp_path, None)
     assert r.returncode == 0, r.stderr
     assert "setup: warning: PyTorch's CPU index (https://download.pytorch.org/whl/cpu) cannot be reached" in r.stderr
     assert "which on Linux is a CUDA build" in r.stderr
-    assert calls.read_text().splitlines() == ["install torch>=2.3", "install -e .[test]"]
+    assert calls == ["install torch>=2.5", "install -e .[test]"]
+
+
+def test_setup_replaces_a_torch_older_than_the_floor_in_its_venv_and_keeps_a_new_enough_one(tmp_path):
+    """torch 2.4 fails this project (no torch.export-based ONNX exporter): in the project's venv,
+    setup says so and installs a newer one; a new enough torch stays as it is."""
+    r, calls = setup_with_a_stub_python(tmp_path / "old", "2.4.1+cpu")
+    assert r.returncode == 0, r.stderr
+    assert "setup: torch 2.4.1+cpu is older than 2.5, the oldest this project runs on; installing a newer one" in r.stdout
+    assert calls == ["install torch>=2.5", "install -e .[test]"]
+    for version in ("2.5.0", "2.13.0+cpu", "3.0.0"):
+        r, calls = setup_with_a_stub_python(tmp_path / version, version)
+        assert r.returncode == 0, r.stderr
+        assert f"setup: torch {version} already installed" in r.stdout and calls == ["install -e .[test]"]
+
+
+def test_setup_leaves_an_old_torch_in_the_users_own_environment_to_them(tmp_path):
+    """An active venv or conda environment other than the project's, with torch 2.4: its torch is
+    the user's (and their CUDA's) to upgrade, so setup stops with one line saying so."""
+    venv = tmp_path / "venv"  # the stub's venv, active: first on PATH, and not REPRO_VENV
+    r, calls = setup_with_a_stub_python(tmp_path, "2.4.1", {
+        "VIRTUAL_ENV": str(venv), "REPRO_VENV": str(tmp_path / "project-venv"),
+        "PATH": f"{venv / 'bin'}:{tmp_path / 'no-gpu'}:{os.environ['PATH']}"})
+    assert f"setup: using {venv / 'bin' / 'python3'}" in r.stdout
+    assert r.returncode == 2 and calls == []
+    assert r.stderr.count("\n") == 1 and "has torch 2.4.1; this project needs 2.5 or newer: upgrade it there" in r.stderr
+
+
+def test_run_sh_and_setup_py_name_the_same_torch_floor():
+    """run.sh installs torch by its own TORCH_MIN before pip reads setup.py: they must agree."""
+    import re
+
+    floor = re.search(r'"torch>=([0-9.]+)"', (REPO / "setup.py").read_text()).group(1)
+    assert re.search(r'^TORCH_MIN="([0-9.]+)"', (REPO / "run.sh").read_text(), re.M).group(1) == floor
 
 
 def test_run_commands_fail_in_one_line(tiny_run, tiny_shards, tmp_path, capsys):

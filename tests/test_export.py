@@ -31,6 +31,26 @@ def onnx_packages():
                                          f"installs it where it has a wheel for this Python)")
 
 
+def test_the_batch_axis_is_called_batch_whatever_the_exporter_called_it():
+    """torch 2.5's exporter writes the free batch axis as "s0" (2.7's keeps the Dim's name): export
+    renames it in the input, the output and every intermediate shape, and nothing else."""
+    onnx_packages()
+    import onnx
+    from onnx import TensorProto, helper
+
+    def value(name, dims):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
+        [value("x", ["s0", 3])], [value("y", ["s0", 3])], value_info=[value("h", ["s0", "s1"])])
+    model = export._name_batch_axis(helper.make_model(graph))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)}
+    assert dims == {"x": ["batch", 3], "y": ["batch", 3], "h": ["batch", "s1"]}
+    onnx.checker.check_model(model)
+
+
 def inputs(root, n: int = 3):
     """n validation images (256x256) and their centre crops, uint8 NHWC; n = 3 is not the batch
     size the exporters trace with (2), so the batch axis must be free."""
@@ -168,6 +188,7 @@ def test_onnx_snippet_gives_the_models_logits_and_ten_view_probabilities(onnx_fi
     for name, function in (("alexnet.onnx", "logits"), ("alexnet.ten_view.onnx", "probs")):
         model = onnx.load(folder / name)
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["function"] == function
         held = meta["mean_image"].split(":")[0].removeprefix("initializer ")
