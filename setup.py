@@ -18,7 +18,8 @@ setup(
     packages=find_packages(include=["repro", "repro.*", "data_prep", "data_prep.*"]),
     install_requires=[
         # 2.5: the oldest the suite passes on (CI installs it, .ci/run). 2.3 lacks torch.amp.custom_fwd
-        # (repro/fast), 2.4 the torch.export-based ONNX exporter (repro/export.py).
+        # (repro/fast); 2.4's torch.onnx.export lacks dynamic_shapes and external_data
+        # (repro/export.py), and its torchrun ignores --local-addr (--nproc; pytorch/pytorch#135262).
         "torch>=2.5",
         # The floors are the oldest releases with wheels for Python 3.11 (scipy 1.9.0 and 1.9.1 and
         # pillow 9.1 have none, and building them from source fails without their compilers and

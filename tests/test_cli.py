@@ -131,7 +131,7 @@ def test_setup_without_pytorchs_cpu_index_says_it_falls_back_to_the_usual_index(
 
 
 def test_setup_replaces_a_torch_older_than_the_floor_in_its_venv_and_keeps_a_new_enough_one(tmp_path):
-    """torch 2.4 fails this project (no torch.export-based ONNX exporter): in the project's venv,
+    """torch 2.4 fails this project (ONNX export, the --nproc launch): in the project's venv,
     setup says so and installs a newer one; a new enough torch stays as it is."""
     r, calls = setup_with_a_stub_python(tmp_path / "old", "2.4.1+cpu")
     assert r.returncode == 0, r.stderr
