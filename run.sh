@@ -57,12 +57,16 @@ check_python() {
 
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
-# Version strings compared by major.minor: version_at_least 2.13.0+cpu 2.5
-version_at_least() {
-  local IFS=.
-  local -a have=($1) need=($2)
-  local major=${have[0]%%[!0-9]*} minor=${have[1]%%[!0-9]*}
-  (( major > need[0] || (major == need[0] && minor >= need[1]) ))
+# torch_at_least PY VERSION: PY's torch VERSION is at least TORCH_MIN, by pip's own rules (a
+# pre-release such as 2.5.0a0 is older than 2.5)
+torch_at_least() {
+  "$1" -c "
+import sys
+try:
+    from packaging.version import Version
+except ImportError:
+    from pip._vendor.packaging.version import Version
+sys.exit(Version('$2') < Version('$TORCH_MIN'))" 2>/dev/null
 }
 
 # torch into interpreter $1: with CUDA where a GPU is present, else a CPU build
@@ -104,13 +108,16 @@ setup() {
   py=$(python_bin)
   check_python "$py"
   echo "setup: using $py ($("$py" -V 2>&1))"
-  local torch_now
-  torch_now=$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null) || torch_now=""
-  if [[ -n "$torch_now" ]] && version_at_least "$torch_now" "$TORCH_MIN"; then
+  local torch_now prefix
+  torch_now=$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null ||
+              "$py" -c 'import torch; print(torch.__version__)' 2>/dev/null) || torch_now=""
+  prefix=$("$py" -c 'import os, sys; print(os.path.realpath(sys.prefix))')
+  if [[ -n "$torch_now" ]] && torch_at_least "$py" "$torch_now"; then
     echo "setup: torch $torch_now already installed"
-  elif [[ -n "$torch_now" && ( -n "${CONDA_PREFIX:-}" || ( -n "${VIRTUAL_ENV:-}" && "${VIRTUAL_ENV:-}" != "$VENV" ) ) ]]; then
-    # the user's own environment: its torch is theirs to upgrade (with the right CUDA build)
-    echo "setup: the active environment ($("$py" -c 'import sys; print(sys.prefix)')) has torch $torch_now; this project needs $TORCH_MIN or newer: upgrade it there (pip install -U torch, from the index for your CUDA), or deactivate it to use the project's own venv" >&2
+  elif [[ -n "$torch_now" && "$prefix" != "$(cd "$VENV" 2>/dev/null && pwd -P)" ]]; then
+    # not the project's venv but the user's own environment (active, or REPRO_NO_VENV=1): its
+    # torch is theirs to upgrade, with the build for their CUDA
+    echo "setup: $prefix has torch $torch_now; this project needs $TORCH_MIN or newer: upgrade it there (pip install -U torch, from the index for your CUDA), or deactivate that environment (and unset REPRO_NO_VENV) to use the project's own venv" >&2
     exit 2
   else
     [[ -z "$torch_now" ]] || echo "setup: torch $torch_now is older than $TORCH_MIN, the oldest this project runs on; installing a newer one"

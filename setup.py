@@ -36,7 +36,8 @@ setup(
         # train writes TensorBoard event files when this is installed (repro/watch.py)
         "watch": ["tensorboard>=2.12"],
         # ./run.sh export --format onnx | safetensors (repro/export.py). Floors tested with torch
-        # 2.13: its exporter needs onnxscript 0.6+; onnxruntime 1.18 does not import with numpy 2, 1.19 does.
+        # 2.5.0 (CI's floors pass) and 2.13, whose exporter needs onnxscript 0.6+; onnxruntime 1.18
+        # does not import with numpy 2, 1.19 does.
         "export": ["onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
         # the test suite runs the optional paths too, so CI (./run.sh setup installs .[test]) covers them
         # pytest-timeout: a test that hangs (a stuck process group, a lost worker) fails with every

@@ -43,6 +43,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import re
 import sys
 import time
 import warnings
@@ -244,14 +245,16 @@ def onnx_model(module: nn.Module, input_name: str, size: int, output_name: str):
 
 def _name_batch_axis(proto):
     """The input's first axis is called "batch" in the graph, whatever symbol torch's exporter gave
-    it (torch 2.7 keeps the Dim's name, 2.5 writes "s0"), in every shape that uses it."""
+    it (torch 2.7 keeps the Dim's name, 2.5 writes "s0"), in every shape that uses it, derived
+    ones too (the ten-view model's "10*s0")."""
     symbol = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     if symbol and symbol != "batch":
         g = proto.graph
+        uses = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(symbol)}(?![A-Za-z0-9_])")
         for value in (*g.input, *g.output, *g.value_info):
             for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param == symbol:
-                    dim.dim_param = "batch"
+                if dim.dim_param:
+                    dim.dim_param = uses.sub("batch", dim.dim_param)
     return proto
 
 

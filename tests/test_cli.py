@@ -100,7 +100,8 @@ def setup_with_a_stub_python(tmp_path, torch_version: str | None, env_extra: dic
     version = f"echo {torch_version}; exit 0" if torch_version else "exit 1"
     stub.write_text(textwrap.dedent(f"""\
         #!/bin/bash
-        if [[ "$1" == "-c" && "$2" == *'m.version("torch")'* ]]; then {version}; fi
+        if [[ "$1" == "-c" && ( "$2" == *'m.version("torch")'* || "$2" == *'torch.__version__'* ) ]]; then {version}; fi
+        if [[ "$1" == "-c" && "$2" == *'realpath(sys.prefix)'* ]]; then cd "$(dirname "$0")/.." && pwd -P; exit 0; fi
         if [[ "$1 $2" == "-m pip" ]]; then
           if [[ "$*" == *"--no-index"* || "$*" == *"download.pytorch.org"* ]]; then exit 1; fi
           echo "${{*:3}}" >> {shlex.quote(str(calls))}; exit 0
@@ -130,29 +131,48 @@ def test_setup_without_pytorchs_cpu_index_says_it_falls_back_to_the_usual_index(
     assert calls == ["install torch>=2.5", "install -e .[test]"]
 
 
-def test_setup_replaces_a_torch_older_than_the_floor_in_its_venv_and_keeps_a_new_enough_one(tmp_path):
-    """torch 2.4 fails this project (ONNX export, the --nproc launch): in the project's venv,
-    setup says so and installs a newer one; a new enough torch stays as it is."""
-    r, calls = setup_with_a_stub_python(tmp_path / "old", "2.4.1+cpu")
-    assert r.returncode == 0, r.stderr
-    assert "setup: torch 2.4.1+cpu is older than 2.5, the oldest this project runs on; installing a newer one" in r.stdout
-    assert calls == ["install torch>=2.5", "install -e .[test]"]
+@pytest.mark.parametrize("active", ["none", "the project's venv", "the project's venv, conda's base too"])
+def test_setup_replaces_a_torch_older_than_the_floor_in_its_venv_and_keeps_a_new_enough_one(tmp_path, active):
+    """torch 2.4 fails this project (ONNX export, the --nproc launch), and a pre-release of 2.5
+    is older than 2.5 to pip: in the project's venv, activated or not (conda activates its base
+    environment by default, beside it), setup says so and installs a newer one; a new enough
+    torch stays as it is."""
+    def setup(name, version):
+        venv = tmp_path / name / "venv"
+        env = {"none": {},
+               "the project's venv": {"VIRTUAL_ENV": str(venv)},
+               "the project's venv, conda's base too": {"VIRTUAL_ENV": str(venv), "CONDA_PREFIX": str(tmp_path / "conda")},
+               }[active]
+        if env:
+            env["PATH"] = f"{venv / 'bin'}:{tmp_path / name / 'no-gpu'}:{os.environ['PATH']}"
+        return setup_with_a_stub_python(tmp_path / name, version, env)
+
+    for i, old in enumerate(("2.4.1+cpu", "2.5.0a0+git1234")):
+        r, calls = setup(f"old{i}", old)
+        assert r.returncode == 0, r.stderr
+        assert f"setup: torch {old} is older than 2.5, the oldest this project runs on; installing a newer one" in r.stdout
+        assert calls == ["install torch>=2.5", "install -e .[test]"]
     for version in ("2.5.0", "2.13.0+cpu", "3.0.0"):
-        r, calls = setup_with_a_stub_python(tmp_path / version, version)
+        r, calls = setup(version, version)
         assert r.returncode == 0, r.stderr
         assert f"setup: torch {version} already installed" in r.stdout and calls == ["install -e .[test]"]
 
 
-def test_setup_leaves_an_old_torch_in_the_users_own_environment_to_them(tmp_path):
-    """An active venv or conda environment other than the project's, with torch 2.4: its torch is
-    the user's (and their CUDA's) to upgrade, so setup stops with one line saying so."""
-    venv = tmp_path / "venv"  # the stub's venv, active: first on PATH, and not REPRO_VENV
+@pytest.mark.parametrize("how", ["an active venv", "conda", "REPRO_NO_VENV=1"])
+def test_setup_leaves_an_old_torch_in_the_users_own_environment_to_them(tmp_path, how):
+    """An environment of the user's own (an active venv or conda environment other than the
+    project's, or their interpreter with REPRO_NO_VENV=1) with torch 2.4: its torch is the user's
+    (and their CUDA's) to upgrade, so setup stops with one line saying so and installs nothing."""
+    venv = tmp_path / "venv"  # the stub's, first on PATH, and not REPRO_VENV
+    env = {"an active venv": {"VIRTUAL_ENV": str(venv)}, "conda": {"CONDA_PREFIX": str(venv)},
+           "REPRO_NO_VENV=1": {"REPRO_NO_VENV": "1"}}[how]
     r, calls = setup_with_a_stub_python(tmp_path, "2.4.1", {
-        "VIRTUAL_ENV": str(venv), "REPRO_VENV": str(tmp_path / "project-venv"),
+        **env, "REPRO_VENV": str(tmp_path / "project-venv"),
         "PATH": f"{venv / 'bin'}:{tmp_path / 'no-gpu'}:{os.environ['PATH']}"})
     assert f"setup: using {venv / 'bin' / 'python3'}" in r.stdout
     assert r.returncode == 2 and calls == []
-    assert r.stderr.count("\n") == 1 and "has torch 2.4.1; this project needs 2.5 or newer: upgrade it there" in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert f"setup: {venv.resolve()} has torch 2.4.1; this project needs 2.5 or newer: upgrade it there" in r.stderr
 
 
 def test_run_sh_and_setup_py_name_the_same_torch_floor():

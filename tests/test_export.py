@@ -43,11 +43,12 @@ def test_the_batch_axis_is_called_batch_whatever_the_exporter_called_it():
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
-        [value("x", ["s0", 3])], [value("y", ["s0", 3])], value_info=[value("h", ["s0", "s1"])])
+        [value("x", ["s0", 3])], [value("y", ["s0", 3])],
+        value_info=[value("h", ["s0", "s1"]), value("v", ["10*s0", "s01", "2*s10"])])
     model = export._name_batch_axis(helper.make_model(graph))
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)}
-    assert dims == {"x": ["batch", 3], "y": ["batch", 3], "h": ["batch", "s1"]}
+    assert dims == {"x": ["batch", 3], "y": ["batch", 3], "h": ["batch", "s1"], "v": ["10*batch", "s01", "2*s10"]}
     onnx.checker.check_model(model)
 
 
@@ -189,6 +190,9 @@ def test_onnx_snippet_gives_the_models_logits_and_ten_view_probabilities(onnx_fi
         model = onnx.load(folder / name)
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
         assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        g = model.graph  # every symbolic size is the batch or the ten views of it (torch 2.5 wrote "10*s0")
+        assert {d.dim_param for v in (*g.input, *g.output, *g.value_info)
+                for d in v.type.tensor_type.shape.dim if d.dim_param} <= {"batch", "10*batch"}
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["function"] == function
         held = meta["mean_image"].split(":")[0].removeprefix("initializer ")
