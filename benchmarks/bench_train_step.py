@@ -184,7 +184,7 @@ def breakdown_rows(project, baseline, shape: str, steps: tuple[float, float]) ->
 # The [speed] switches that act on a CPU step and can be flipped inside one process
 # (keep_freed_memory is a process setting, so it would help both sides; bf16, compile, tf32 and
 # cudnn_benchmark act on GPUs: `./run.sh bench --gpu` measures those).
-CPU_SWITCHES = ("grouped", "channels_last", "fast_lrn", "fast_conv1", "fast_fc")
+CPU_SWITCHES = ("grouped", "channels_last", "fast_lrn", "fast_conv1", "fast_fc", "fft_conv2", "fft_conv3_5")
 
 
 def switch_rows(names, batch: int, repeats: int) -> list[dict]:

@@ -211,6 +211,12 @@ class SpeedConfig:
     # fc6-fc8 through oneDNN's matmul on CPUs (repro/fast/linear.py; MKL's sgemm ran at half its rate
     # on this project's AMD CPU); equal within float32 rounding (tests/test_speed.py)
     fast_fc: bool = opt(True)
+    # conv2 by Fourier transforms on CPUs (repro/fast/fft_conv.py): 15x fewer multiply-adds in
+    # its products; equal to nn.Conv2d within float32 rounding (tests/test_fast_fft_conv.py).
+    # Faster or as fast on every instruction set measured (README, performance)
+    fft_conv2: bool = opt(True)
+    # conv3-5 likewise: faster on CPUs without AVX-512, slower with it (README, performance)
+    fft_conv3_5: bool = opt(False)
     # CPU: keep freed memory in the process instead of handing it back to the OS and faulting
     # it in again for the next batch (repro/fast/memory.py; glibc only)
     keep_freed_memory: bool = opt(True)

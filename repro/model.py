@@ -27,6 +27,7 @@ from torch.nn.utils import skip_init
 
 from repro.config import LAYERS, Config, InitConfig, ModelConfig, SpeedConfig
 from repro.fast.conv1_grad import StridedConv2d
+from repro.fast.fft_conv import FFTConv2d
 from repro.fast.linear import Linear
 from repro.grouped import pieces as grouped_pieces
 from repro.lrn import LRN, SameMapNorm
@@ -124,11 +125,14 @@ class Tower(nn.Module):
         conv1 = StridedConv2d if speed.fast_conv1 else nn.Conv2d  # the same layer; see repro/fast/conv1_grad.py
         self.conv1 = skip_init(conv1, 3, per["conv1"], 11, stride=4,
                                padding=2 if m.conv1_padding == "symmetric" else 0)
-        self.conv2 = skip_init(nn.Conv2d, per["conv1"], per["conv2"], 5, padding=2, groups=g)
-        self.conv3 = skip_init(nn.Conv2d, per["conv2"] * cross, per["conv3"], 3, padding=1,
+        # the same layers by Fourier transforms on CPUs; see repro/fast/fft_conv.py
+        conv2 = FFTConv2d if speed.fft_conv2 else nn.Conv2d
+        conv3_5 = FFTConv2d if speed.fft_conv3_5 else nn.Conv2d
+        self.conv2 = skip_init(conv2, per["conv1"], per["conv2"], 5, padding=2, groups=g)
+        self.conv3 = skip_init(conv3_5, per["conv2"] * cross, per["conv3"], 3, padding=1,
                                groups=1 if m.cross_links else g)
-        self.conv4 = skip_init(nn.Conv2d, per["conv3"], per["conv4"], 3, padding=1, groups=g)
-        self.conv5 = skip_init(nn.Conv2d, per["conv4"], per["conv5"], 3, padding=1, groups=g)
+        self.conv4 = skip_init(conv3_5, per["conv3"], per["conv4"], 3, padding=1, groups=g)
+        self.conv5 = skip_init(conv3_5, per["conv4"], per["conv5"], 3, padding=1, groups=g)
         self.fc6 = self._linear(per["conv5"] * 6 * 6 * cross, per["fc6"], m.cross_links)
         self.fc7 = self._linear(per["fc6"] * cross, per["fc7"], m.cross_links)
         n_logits = m.num_classes if g > 1 else len(m.logit_range(index))

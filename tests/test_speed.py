@@ -21,7 +21,8 @@ from tests.tolerance import FLOAT32_NET_TOL as TOL
 from tests.tolerance import FLOAT64_TOL as TOL64
 from tests.tolerance import assert_sums_close, rel_err
 PLAIN = SpeedConfig.plain()
-SWITCHES = ["channels_last", "grouped", "fast_lrn", "fast_conv1", "fast_fc"]
+SWITCHES = ["channels_last", "grouped", "fast_lrn", "fast_conv1", "fast_fc", "fft_conv2", "fft_conv3_5"]
+OFF_BY_DEFAULT = {"channels_last", "fft_conv3_5"}  # (and bf16, compile and the GPU switches)
 
 
 def config(speed: SpeedConfig, **model) -> Config:
@@ -89,12 +90,12 @@ def test_each_switch_alone_computes_the_same_step(switch, reference):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("flavour", ["paper", "code145"])
 def test_default_speed_equals_plain_reference(flavour, channels_last, reference):
-    """What the trainer runs by default (every switch but channels-last, bf16 and
+    """What the trainer runs by default (every switch but channels-last, fft_conv3_5, bf16 and
     compile), and that plus channels-last (the demo's, on CPUs): dropout masks included."""
     x, y, ref = reference
     defaults = Config().speed
-    assert all(getattr(defaults, s) for s in SWITCHES if s != "channels_last")
-    assert not (defaults.channels_last or defaults.bf16 or defaults.compile)
+    assert all(getattr(defaults, s) for s in SWITCHES if s not in OFF_BY_DEFAULT)
+    assert not (any(getattr(defaults, s) for s in OFF_BY_DEFAULT) or defaults.bf16 or defaults.compile)
     cfg = config(dataclasses.replace(defaults, channels_last=channels_last), **flavour_model(flavour))
     assert_same(train_pass(cfg, x, y, torch.float64), ref[flavour, torch.float64], TOL64)
     assert_same(train_pass(cfg, x, y), ref[flavour, torch.float32], TOL, grads=False)

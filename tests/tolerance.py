@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from repro.tolerance import FLOAT32_NET_TOL, FLOAT64_TOL, U32, gamma, rel_err, softmax_atol  # noqa: F401
+from repro.tolerance import FLOAT32_NET_TOL, FLOAT64_TOL, U32, fft_eps, gamma, rel_err, softmax_atol  # noqa: F401
 
 
 def assert_sums_close(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Tensor, terms: int,
