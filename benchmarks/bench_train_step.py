@@ -6,8 +6,8 @@ as this project's trainer runs it on one device, against a naive faithful baseli
 - project: the paper's two-tower model as repro.train.build_model makes it with the default
   config plus speed.channels_last (off by default, as the paper's recipe comes first; on in
   paper_configs/demo.toml): the grouped emulation of both towers, channels-last, fast LRN,
-  space-to-depth conv1 gradient, fc layers through oneDNN; fed the loader's channels-last
-  batch; PaperSGD;
+  space-to-depth conv1 gradient, conv2 by Fourier transforms, fc layers through oneDNN; fed
+  the loader's channels-last batch; PaperSGD;
 - baseline: a plain dense single-tower AlexNet, the usual way to write it (repro/baseline.py):
   nn.Sequential, 96-256-384-384-256 maps (conv2, conv4, conv5 read all maps, so 1.57x the
   multiply-adds of the two-tower net), torch.nn.LocalResponseNorm, fc 4096-4096-1000, contiguous
@@ -24,7 +24,8 @@ with that one switch flipped), so that a claim about one switch can be checked o
 
 Model FLOP/s counts the two-tower model's training FLOPs from the layer shapes (repro.estimate:
 2 FLOPs per multiply-add; backward = 2 x forward, conv1 without its input gradient), not the
-elementwise layers or the update. All variants run in one process, so process settings the
+elementwise layers or the update; conv2 by Fourier transforms (speed.fft_conv2) does fewer, so
+the rate is that of an equivalent direct computation. All variants run in one process, so process settings the
 trainer makes (speed.keep_freed_memory) help the baseline too. Times are medians of interleaved
 repetitions. run() returns the rows for `./run.sh bench`.
 """
@@ -138,7 +139,9 @@ def measure(batch: int, repeats: int, with_plain: bool = True) -> list[dict]:
                      "repeats": repeats, "what": f"train step ({shape}) vs same model, speed.* off"})
     rows.append({"name": "train_step_flops", "unit": "GFLOP/s", "project": model_rate / 1e9,
                  "baseline": matrix / 1e9, "ratio": model_rate / matrix, "repeats": repeats,
-                 "what": f"model FLOP/s vs best matmul FLOP/s ({best})", "matmul_gflop_s": {
+                 "what": f"model FLOP/s vs best matmul FLOP/s ({best}; the model's FLOPs counted as "
+                         "direct convolutions, so a layer by Fourier transforms, which does fewer, counts "
+                         "at its direct equivalent)", "matmul_gflop_s": {
                      k: v / 1e9 for k, v in rates.items()},
                  "model_gflop_per_image": estimate.train_flops(cfg.model) / 1e9})
     rows += breakdown_rows(fns["project"], fns["baseline"], shape, (t["project"], t["baseline"]))
@@ -147,7 +150,8 @@ def measure(batch: int, repeats: int, with_plain: bool = True) -> list[dict]:
 
 def convolution_seconds(step, repeats: int = 3) -> float:
     """Seconds in convolutions, forward and backward, of one step, from torch.profiler's own CPU
-    time per operator (the convolutions' kernels are oneDNN's), in the quickest of `repeats`
+    time per operator (the convolutions' kernels are oneDNN's; a convolution by Fourier
+    transforms, speed.fft_conv2, counts with everything it calls), in the quickest of `repeats`
     profiled steps. (The profiler slows some steps' other operators: the baseline's profiled
     steps ran up to 50% over its timed median, all of it outside the convolutions.)"""
     from torch.profiler import ProfilerActivity, profile
@@ -157,11 +161,15 @@ def convolution_seconds(step, repeats: int = 3) -> float:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         events = prof.key_averages()
-        conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e6
+        conv = (sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+                + sum(e.cpu_time_total for e in events if e.key in FFT_CONV_EVENTS)) / 1e6
         total = sum(e.self_cpu_time_total for e in events) / 1e6
         if best is None or total < best[1]:
             best = conv, total
     return best[0]
+
+
+FFT_CONV_EVENTS = ("_FFTConv", "_FFTConvBackward")  # repro/fast/fft_conv.py's autograd function
 
 
 def breakdown_rows(project, baseline, shape: str, steps: tuple[float, float]) -> list[dict]:
