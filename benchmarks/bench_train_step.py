@@ -1,7 +1,7 @@
 """Benchmark: one training step of AlexNet (forward, backward, update; batch 128; float32; CPU)
 as this project's trainer runs it on one device, against a naive faithful baseline, in one run.
 
-    python benchmarks/bench_train_step.py [--quick] [--json] [--switches [NAME ...]]
+    python benchmarks/bench_train_step.py [--quick] [--json] [--batch N] [--switches [NAME ...]]
 
 - project: the paper's two-tower model as repro.train.build_model makes it with the default
   config plus speed.channels_last (off by default, as the paper's recipe comes first; on in
@@ -47,6 +47,7 @@ from repro import estimate, machine  # noqa: E402
 from repro.baseline import naive_alexnet  # noqa: E402
 from repro.bench import interleaved_medians  # noqa: E402
 from repro.config import Config, SpeedConfig  # noqa: E402
+from repro.fast import fft_conv  # noqa: E402
 from repro.fast.memory import keep_freed_memory  # noqa: E402
 from repro.optim import PaperSGD  # noqa: E402
 from repro.parallel import OneDevice  # noqa: E402
@@ -218,15 +219,25 @@ def switch_rows(names, batch: int, repeats: int) -> list[dict]:
 
     rows = []
     for name in names:
-        setting = getattr(cfg.speed, name)
-        flipped = dataclasses.replace(cfg, speed=dataclasses.replace(cfg.speed, **{name: not setting}))
+        setting, other = switch_settings(getattr(cfg.speed, name))
+        flipped = dataclasses.replace(cfg, speed=dataclasses.replace(cfg.speed, **{name: other}))
         t = interleaved_medians({"project": step_of(cfg), "flipped": step_of(flipped)}, repeats=repeats)
         rows.append({"name": f"switch_{name}", "unit": "img/s", "project": batch / t["project"],
                      "baseline": batch / t["flipped"], "ratio": t["flipped"] / t["project"],
                      "repeats": repeats,
                      "what": f"train step (batch {batch}, fp32, CPU) with speed.{name} = {setting} "
-                             f"vs the same with speed.{name} = {not setting}"})
+                             f"vs the same with speed.{name} = {other}"})
     return rows
+
+
+def switch_settings(value) -> tuple[str | bool, str | bool]:
+    """A switch's setting as the rows name it, and its flip: a boolean's negation; for the
+    Fourier-transform switches (auto, on, off) what auto chose here, e.g. ("auto (on here)", "off")."""
+    if isinstance(value, bool):
+        return value, not value
+    on = fft_conv.chosen(value)
+    shown = f"{value} ({'on' if on else 'off'} here)" if value == "auto" else value
+    return shown, "off" if on else "on"
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -239,17 +250,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="batch 16, 2 repetitions, no 'plain' row")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--batch", type=int, default=128, metavar="N",
+                   help="images per step (default 128, the paper's; --quick: 16)")
     p.add_argument("--switches", nargs="*", metavar="NAME",
                    help="instead: each [speed] switch alone, the step with it as set here against "
                         f"the step with it flipped (default: all of {', '.join(CPU_SWITCHES)})")
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error(f"--batch must be at least 1, got {args.batch}")
+    batch, repeats = (16, 2) if args.quick else (args.batch, 5)
     if args.switches is not None:
         try:
-            rows = switch_rows(args.switches or CPU_SWITCHES, *((16, 2) if args.quick else (128, 5)))
+            rows = switch_rows(args.switches or CPU_SWITCHES, batch, repeats)
         except ValueError as e:
             p.error(str(e))
+    elif args.quick:
+        rows = run(quick=True)
     else:
-        rows = run(args.quick)
+        rows = measure(batch=batch, repeats=repeats)
     header = machine.describe()
     if args.json:
         print(json.dumps([{**r, "machine": header} for r in rows], indent=1))

@@ -37,6 +37,9 @@ def _copy(value):
     return dataclasses.replace(value) if dataclasses.is_dataclass(value) else type(value)(value)
 
 
+FFT_CHOICES = ("auto", "on", "off")  # speed.fft_conv2, speed.fft_conv3_5 (repro/fast/fft_conv.py, chosen)
+
+
 @dataclass
 class Widths:
     """Maps (conv) or units (fc) of each layer summed over the towers (docs/architecture.md)."""
@@ -211,12 +214,14 @@ class SpeedConfig:
     # fc6-fc8 through oneDNN's matmul on CPUs (repro/fast/linear.py; MKL's sgemm ran at half its rate
     # on this project's AMD CPU); equal within float32 rounding (tests/test_speed.py)
     fast_fc: bool = opt(True)
-    # conv2 by Fourier transforms on CPUs (repro/fast/fft_conv.py): 15x fewer multiply-adds in
+    # conv2 by Fourier transforms on CPUs (repro/fast/fft_conv.py): 9.5x fewer multiply-adds in
     # its products; equal to nn.Conv2d within float32 rounding (tests/test_fast_fft_conv.py).
-    # Faster or as fast on every instruction set measured (README, performance)
-    fft_conv2: bool = opt(True)
-    # conv3-5 likewise: faster on CPUs without AVX-512, slower with it (README, performance)
-    fft_conv3_5: bool = opt(False)
+    # "auto": where oneDNN's convolutions run without AVX-512 on an x86 CPU, where it made the
+    # step faster; with AVX-512 the direct convolution was as fast or faster (README, performance)
+    fft_conv2: str = opt("auto", choices=FFT_CHOICES)
+    # conv3-5 likewise; off: under AVX2 it made the step faster at batch 128 and slower at 32
+    # (their kernels' spectra, computed every step, are large), with AVX-512 slower at both
+    fft_conv3_5: str = opt("off", choices=FFT_CHOICES)
     # CPU: keep freed memory in the process instead of handing it back to the OS and faulting
     # it in again for the next batch (repro/fast/memory.py; glibc only)
     keep_freed_memory: bool = opt(True)
@@ -225,7 +230,7 @@ class SpeedConfig:
     def plain(cls) -> "SpeedConfig":
         """Every switch off: the plain layers, the reference each speed path is tested against,
         and what export records (every exporter knows them)."""
-        return cls(**{f.name: False for f in dataclasses.fields(cls)})
+        return cls(**{f.name: "off" if isinstance(f.default, str) else False for f in dataclasses.fields(cls)})
 
 
 @dataclass

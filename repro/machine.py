@@ -42,6 +42,23 @@ def cpu_vector_isa() -> str:
     return next((f for f in _VECTOR_FLAGS if f in flags), "")
 
 
+# ONEDNN_MAX_CPU_ISA's values, by prefix, as the widest extension they let oneDNN use
+_ONEDNN_LIMITS = (("AVX512", "avx512f"), ("AVX10", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"),
+                  ("SSE41", "sse4_1"), ("ALL", "avx512f"), ("DEFAULT", "avx512f"))
+
+
+def onednn_vector_isa() -> str:
+    """The widest vector extension oneDNN's kernels (the convolutions) may use here: the CPU's,
+    held to ONEDNN_MAX_CPU_ISA where that is set lower; "" if the CPU's is unknown (not x86, or
+    no /proc/cpuinfo)."""
+    has = cpu_vector_isa()
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    cap = next((isa for prefix, isa in _ONEDNN_LIMITS if limit.startswith(prefix)), None)
+    if not has or cap is None:
+        return has
+    return max(has, cap, key=_VECTOR_FLAGS.index)  # the narrower (the list runs widest first)
+
+
 def instruction_sets() -> str:
     """What the kernels may use: torch's CPU capability and oneDNN's limit, e.g.
     'torch AVX2, oneDNN AVX2 (ONEDNN_MAX_CPU_ISA); CPU has avx512f'."""

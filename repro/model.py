@@ -27,6 +27,7 @@ from torch.nn.utils import skip_init
 
 from repro.config import LAYERS, Config, InitConfig, ModelConfig, SpeedConfig
 from repro.fast.conv1_grad import StridedConv2d
+from repro.fast import fft_conv
 from repro.fast.fft_conv import FFTConv2d
 from repro.fast.linear import Linear
 from repro.grouped import pieces as grouped_pieces
@@ -126,8 +127,8 @@ class Tower(nn.Module):
         self.conv1 = skip_init(conv1, 3, per["conv1"], 11, stride=4,
                                padding=2 if m.conv1_padding == "symmetric" else 0)
         # the same layers by Fourier transforms on CPUs; see repro/fast/fft_conv.py
-        conv2 = FFTConv2d if speed.fft_conv2 else nn.Conv2d
-        conv3_5 = FFTConv2d if speed.fft_conv3_5 else nn.Conv2d
+        conv2 = FFTConv2d if fft_conv.chosen(speed.fft_conv2) else nn.Conv2d
+        conv3_5 = FFTConv2d if fft_conv.chosen(speed.fft_conv3_5) else nn.Conv2d
         self.conv2 = skip_init(conv2, per["conv1"], per["conv2"], 5, padding=2, groups=g)
         self.conv3 = skip_init(conv3_5, per["conv2"] * cross, per["conv3"], 3, padding=1,
                                groups=1 if m.cross_links else g)

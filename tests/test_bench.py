@@ -4,6 +4,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from repro import bench
 from repro.errors import UserError
@@ -140,6 +141,28 @@ def test_train_step_switches_time_each_switch_against_its_flip():
         assert r["ratio"] == pytest.approx(r["project"] / r["baseline"])
     with pytest.raises(ValueError, match="unknown switch 'keep_freed_memory'"):
         module.switch_rows(["keep_freed_memory"], batch=2, repeats=1)
+
+
+def test_train_step_convolution_time_counts_convolutions_by_fourier_transforms():
+    """The breakdown's time in convolutions includes a layer computed by Fourier transforms
+    (speed.fft_conv2), which calls no convolution operator: without it conv2 would count as
+    'the rest of the step'."""
+    from repro.fast.fft_conv import FFTConv2d
+    module = bench.load("train_step")
+    conv = FFTConv2d(8, 8, 5, padding=2)
+    x = torch.randn(4, 8, 27, 27)
+    seconds = module.convolution_seconds(lambda: conv(x).sum().backward(), repeats=1)
+    assert seconds > 0
+
+
+def test_train_step_cli_takes_a_batch_size(capsys):
+    module = bench.load("train_step")
+    assert module.main(["--switches", "grouped", "--batch", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["switch_grouped"] and "batch 2," in rows[0]["what"]
+    with pytest.raises(SystemExit) as e:
+        module.main(["--batch", "0"])
+    assert e.value.code == 2 and "--batch must be at least 1" in capsys.readouterr().err
 
 
 def test_prepare_profile_names_stages_it_finds():

@@ -3,8 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from repro import machine
+from repro.config import Config, load_config
 from repro.fast import fft_conv
-from repro.fast.fft_conv import FFTConv2d, fft_size, transform_size
+from repro.fast.fft_conv import FFTConv2d, chosen, fft_size, transform_size
+from repro.parallel import OneDevice
+from repro.train import build_model
 from tests.tolerance import assert_sums_close, fft_eps, gamma
 
 # (batch, maps in, height, width, maps out, kernel, groups, padding): conv2 and conv3-5 as the
@@ -116,3 +120,26 @@ def test_module_uses_the_fft_where_it_applies_and_conv2d_elsewhere():
         assert "FFTConv" not in type(conv(x).grad_fn).__name__, conv
     traced = torch.jit.trace(fast, x.detach())  # export records plain operations
     assert "aten::_convolution" in str(traced.graph) and "aten::fft" not in str(traced.graph)
+
+
+@pytest.mark.parametrize("isa, auto", [("avx512f", False), ("avx2", True), ("avx", True), ("sse4_1", True), ("", False)])
+def test_auto_chooses_the_fft_where_onednn_has_no_avx512(isa, auto, monkeypatch):
+    monkeypatch.setattr(machine, "onednn_vector_isa", lambda: isa)
+    assert chosen("auto") is auto
+    assert chosen("on") is True and chosen("off") is False
+    cfg = Config()  # fft_conv2 "auto" by default; fft_conv3_5 "off"
+    cfg.speed.fft_conv3_5 = "auto"
+    tower = build_model(cfg, OneDevice("cpu")).towers["grouped"]  # grouped on a CPU
+    assert [isinstance(getattr(tower, f"conv{i}"), FFTConv2d) for i in range(1, 6)] == [False] + [auto] * 4
+    with pytest.raises(ValueError, match="auto, on or off"):
+        chosen("yes")
+
+
+def test_the_switches_take_auto_on_or_off_from_a_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[speed]\nfft_conv2 = "on"\n')
+    cfg = load_config(path, ["speed.fft_conv3_5=off"])
+    assert (cfg.speed.fft_conv2, cfg.speed.fft_conv3_5) == ("on", "off")
+    path.write_text("[speed]\nfft_conv2 = true\n")
+    with pytest.raises(Exception, match="fft_conv2"):
+        load_config(path)

@@ -126,3 +126,16 @@ def test_pytest_xdist_workers_share_the_cores_as_torch_threads(threads, monkeypa
         assert torch.get_num_threads() == 5 and "OMP_NUM_THREADS" not in os.environ
     else:
         assert torch.get_num_threads() == share and os.environ["OMP_NUM_THREADS"] == str(share)
+
+
+@pytest.mark.parametrize("cpu, limit, want", [
+    ("avx512f", None, "avx512f"), ("avx512f", "AVX2", "avx2"), ("avx512f", "avx2_vnni", "avx2"),
+    ("avx512f", "SSE41", "sse4_1"), ("avx512f", "AVX512_CORE_AMX", "avx512f"), ("avx2", "AVX512_CORE", "avx2"),
+    ("avx2", None, "avx2"), ("", "AVX2", ""), ("avx512f", "nonsense", "avx512f")])
+def test_onednn_vector_isa_is_the_cpus_held_to_onednn_max_cpu_isa(cpu, limit, want, monkeypatch):
+    monkeypatch.setattr(machine, "cpu_vector_isa", lambda: cpu)
+    if limit is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    assert machine.onednn_vector_isa() == want

@@ -22,7 +22,7 @@ from tests.tolerance import FLOAT64_TOL as TOL64
 from tests.tolerance import assert_sums_close, rel_err
 PLAIN = SpeedConfig.plain()
 SWITCHES = ["channels_last", "grouped", "fast_lrn", "fast_conv1", "fast_fc", "fft_conv2", "fft_conv3_5"]
-OFF_BY_DEFAULT = {"channels_last", "fft_conv3_5"}  # (and bf16, compile and the GPU switches)
+ON = {"fft_conv2": "on", "fft_conv3_5": "on"}  # switches set by word (auto, on, off); the rest True
 
 
 def config(speed: SpeedConfig, **model) -> Config:
@@ -81,7 +81,7 @@ def assert_same(result, ref, tol, grads=True):
 @pytest.mark.parametrize("switch", SWITCHES)
 def test_each_switch_alone_computes_the_same_step(switch, reference):
     x, y, ref = reference
-    cfg = config(dataclasses.replace(PLAIN, **{switch: True}))
+    cfg = config(dataclasses.replace(PLAIN, **{switch: ON.get(switch, True)}))
     assert_same(train_pass(cfg, x, y, torch.float64), ref["paper", torch.float64], TOL64)
     assert_same(train_pass(cfg, x, y), ref["paper", torch.float32], TOL, grads=False)
 
@@ -91,19 +91,24 @@ def test_each_switch_alone_computes_the_same_step(switch, reference):
 @pytest.mark.parametrize("flavour", ["paper", "code145"])
 def test_default_speed_equals_plain_reference(flavour, channels_last, reference):
     """What the trainer runs by default (every switch but channels-last, fft_conv3_5, bf16 and
-    compile), and that plus channels-last (the demo's, on CPUs): dropout masks included."""
+    compile; fft_conv2 as this machine's "auto" chooses), and that plus channels-last (the demo's,
+    on CPUs): dropout masks included."""
     x, y, ref = reference
     defaults = Config().speed
-    assert all(getattr(defaults, s) for s in SWITCHES if s not in OFF_BY_DEFAULT)
-    assert not (any(getattr(defaults, s) for s in OFF_BY_DEFAULT) or defaults.bf16 or defaults.compile)
+    assert all(getattr(defaults, s) is True for s in SWITCHES if s not in ON and s != "channels_last")
+    assert (defaults.fft_conv2, defaults.fft_conv3_5) == ("auto", "off")
+    assert not (defaults.channels_last or defaults.bf16 or defaults.compile)
     cfg = config(dataclasses.replace(defaults, channels_last=channels_last), **flavour_model(flavour))
     assert_same(train_pass(cfg, x, y, torch.float64), ref[flavour, torch.float64], TOL64)
     assert_same(train_pass(cfg, x, y), ref[flavour, torch.float32], TOL, grads=False)
 
 
-def test_default_model_keeps_activations_channels_last():
-    """Every conv, ReLU/LRN and pool output stays [B, H, W, C] in memory: no hidden layout copies."""
-    model = build_model(config(dataclasses.replace(Config().speed, channels_last=True)), OneDevice("cpu")).train()
+@pytest.mark.parametrize("fft", ["auto", "on"])
+def test_default_model_keeps_activations_channels_last(fft):
+    """Every conv, ReLU/LRN and pool output stays [B, H, W, C] in memory: no hidden layout copies
+    (with the convolutions by Fourier transforms too, whatever this machine's auto chooses)."""
+    speed = dataclasses.replace(Config().speed, channels_last=True, fft_conv2=fft, fft_conv3_5=fft)
+    model = build_model(config(speed), OneDevice("cpu")).train()
     tower = model.towers["grouped"]
     layouts = {}
 

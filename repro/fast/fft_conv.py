@@ -1,4 +1,5 @@
-"""Stride-1 convolutions by Fourier transforms on CPUs (speed.fft_conv2, speed.fft_conv3_5).
+"""Stride-1 convolutions by Fourier transforms on CPUs (speed.fft_conv2, speed.fft_conv3_5;
+`chosen` says where "auto" uses them).
 
 The same function as nn.Conv2d (a correlation of each input map with each kernel, summed over
 the input maps of the group), computed with fewer multiplications: a correlation is a product
@@ -8,11 +9,13 @@ of spectra, so
 
 at every frequency, i.e. one complex [batch x maps_in] by [maps_in x maps_out] matrix product
 per frequency, between transforms in and out. For conv2 (5 x 5 kernels on 27 x 27 maps, 48 maps
-in and 128 out per tower) that is 15x fewer multiply-adds in the products than the direct
-convolution, plus the transforms, which cost far less than they save; for conv3-5 (3 x 3
-kernels on 13 x 13 maps) the saving is smaller and depends on the CPU (the README's performance
-section has the measurements, `python benchmarks/bench_train_step.py --switches fft_conv2
-fft_conv3_5` repeats them).
+in and 128 out per tower) a 30 x 30 transform has 480 frequencies (the other half of the
+spectrum mirrors them), so each pair of maps costs 480 complex multiply-adds, four real ones
+each, against the direct convolution's 27 x 27 x 25: 9.5x fewer, plus the transforms, which
+cost less than they save. For conv3-5 (3 x 3 kernels on 13 x 13 maps, 15 x 15 transforms) the
+saving is smaller and whether it wins depends on the CPU. The README's performance section has
+the measurements; `python benchmarks/bench_train_step.py --switches fft_conv2 fft_conv3_5`
+repeats them on any machine.
 
 How it is laid out (N x M: the transform size; F = N * (M/2 + 1) frequencies, real input):
 
@@ -20,8 +23,9 @@ How it is laid out (N x M: the transform size; F = N * (M/2 + 1) frequencies, re
   N x M by the transform), and the kernels' taps are placed at offsets -p .. k-1-p instead of
   0 .. k-1. A circular correlation equals the padded linear one when nothing wraps around onto
   data, which holds for N >= H + p and N >= the output size (and likewise M).
-- The kernels' spectra come from their k x k taps by two small matrix products with the DFT
-  matrices, computed in the transform's precision (no N x M transform of mostly zeros).
+- The kernels' spectra come from their k x k taps by two small products with the DFT matrices
+  (their entries computed in float64, the products in the transform's precision), not from an
+  N x M transform of mostly zeros.
 - The inputs' spectra are laid out frequency-major, [F, groups, batch, maps], so the products
   are one batched matrix product (torch.bmm).
 - Backward: the input gradient is the transposed product (conj(conj(W)) = W) and an inverse
@@ -31,8 +35,8 @@ How it is laid out (N x M: the transform size; F = N * (M/2 + 1) frequencies, re
 Floating point: the transforms round differently from a direct sum, so the result equals
 F.conv2d within float32 rounding, not bit for bit. tests/test_fast_fft_conv.py holds it, its
 input gradient and its weight gradient against float64 within the bound that follows from the
-FFT's error analysis (tests/tolerance.py, `fft_conv_bound`), and in float64 to 1e-12 (any
-wrong tap or shift would be far outside either).
+FFT's error analysis (repro/tolerance.py, rule 3), and in float64 to 1e-12 (any wrong tap,
+shift or wrapped-around term would be far outside that).
 
 Used only where it applies: a float32 or float64 CPU tensor, stride 1, no dilation, zero
 padding, not under tracing or compiling (their graphs hold the plain layers); elsewhere it is
@@ -45,6 +49,8 @@ import math
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from repro import machine
 
 
 def fft_size(n: int) -> int:
@@ -157,6 +163,20 @@ class _FFTConv(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None
+
+
+def chosen(setting: str) -> bool:
+    """Whether a layer whose [speed] switch says `setting` runs by Fourier transforms: "on",
+    "off", or "auto": on where oneDNN's convolutions run without AVX-512 on an x86 CPU
+    (repro.machine.onednn_vector_isa: the CPU's, held to ONEDNN_MAX_CPU_ISA). There this path
+    made the training step faster at batch 128 and 32, on this project's machine held to AVX2
+    and to SSE4.1; with AVX-512 the direct convolution was as fast at batch 128 and faster at 32
+    (README, performance). Off on CPUs not measured (not x86)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"expected auto, on or off, got {setting!r}")
+    if setting != "auto":
+        return setting == "on"
+    return machine.onednn_vector_isa() in ("avx2", "avx", "sse4_1")
 
 
 def available(x: torch.Tensor, conv: nn.Conv2d) -> bool:
