@@ -42,8 +42,8 @@ def test_transform_sizes():
     # nothing may wrap around onto data: >= map + padding, >= output, >= kernel
     assert transform_size(27, 27, 5, 2) == 30  # conv2: 27 + 2 = 29 -> 30
     assert transform_size(13, 13, 3, 1) == 15  # conv3-5: 14 -> 15
-    assert transform_size(9, 11, 3, 2) == 12  # output 11 > 9 + 2 - ... : 11 -> 12
-    assert transform_size(4, 4, 5, 2) == 6
+    assert transform_size(9, 11, 3, 2) == 12  # map 9, padding 2: 11 (also the output) -> 12
+    assert transform_size(4, 4, 5, 2) == 6  # a kernel wider than the map: 4 + 2 -> 6
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
