@@ -67,7 +67,8 @@ NEEDS = {"torchscript": (), "onnx": ("onnx", "onnxscript"), "safetensors": ("saf
 TEN_VIEW_SUFFIX = ".ten_view.onnx"
 
 # Every [speed] switch off: the plain layers, which every exporter records (module docstring).
-PLAIN = tuple(f"speed.{name}=false" for name in dataclasses.asdict(SpeedConfig.plain()))
+PLAIN = tuple(f"speed.{name}={'false' if value is False else value}"
+              for name, value in dataclasses.asdict(SpeedConfig.plain()).items())
 
 # An exported graph runs other kernels than the model: logits within FLOAT32_NET_TOL of the largest
 # logit, probabilities within softmax_atol (repro/tolerance.py, rule 2).
