@@ -25,8 +25,8 @@ with that one switch flipped), so that a claim about one switch can be checked o
 Model FLOP/s counts the two-tower model's training FLOPs from the layer shapes (repro.estimate:
 2 FLOPs per multiply-add; backward = 2 x forward, conv1 without its input gradient), not the
 elementwise layers or the update; conv2 by Fourier transforms (speed.fft_conv2) does fewer, so
-the rate is that of an equivalent direct computation. All variants run in one process, so process settings the
-trainer makes (speed.keep_freed_memory) help the baseline too. Times are medians of interleaved
+the rate is that of an equivalent direct computation. All variants run in one process, so
+process settings the trainer makes (speed.keep_freed_memory) help the baseline too. Times are medians of interleaved
 repetitions. run() returns the rows for `./run.sh bench`.
 """
 from __future__ import annotations

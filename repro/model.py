@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from repro.config import LAYERS, Config, InitConfig, ModelConfig, SpeedConfig
-from repro.fast.conv1_grad import StridedConv2d
 from repro.fast import fft_conv
+from repro.fast.conv1_grad import StridedConv2d
 from repro.fast.fft_conv import FFTConv2d
 from repro.fast.linear import Linear
 from repro.grouped import pieces as grouped_pieces
