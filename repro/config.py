@@ -217,7 +217,7 @@ class SpeedConfig:
     # conv2 by Fourier transforms on CPUs (repro/fast/fft_conv.py): 9.5x fewer multiply-adds in
     # its products; equal to nn.Conv2d within float32 rounding (tests/test_fast_fft_conv.py).
     # "auto": where oneDNN's convolutions run without AVX-512 on an x86 CPU, where it made the
-    # step faster; with AVX-512 the direct convolution was as fast or faster (README, performance)
+    # step faster; with AVX-512 it was no faster (README, performance; fft_conv.chosen)
     fft_conv2: str = opt("auto", choices=FFT_CHOICES)
     # conv3-5 likewise; off: under AVX2 it made the step faster at batch 128 and slower at 32
     # (their kernels' spectra, computed every step, are large), with AVX-512 slower at both

@@ -118,6 +118,9 @@ def test_module_uses_the_fft_where_it_applies_and_conv2d_elsewhere():
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
     for conv in (FFTConv2d(6, 4, 3, stride=2), FFTConv2d(6, 4, 3, dilation=2), FFTConv2d(6, 4, 3, padding="same")):
         assert "FFTConv" not in type(conv(x).grad_fn).__name__, conv
+    assert fast(x[:0]).shape == (0, 4, 9, 9)  # an empty batch: F.conv2d's empty output
+    with pytest.raises(RuntimeError, match="[Kk]ernel size"):  # F.conv2d's own error, not the FFT's
+        FFTConv2d(6, 4, 11, groups=2)(x)
     traced = torch.jit.trace(fast, x.detach())  # export records plain operations
     assert "aten::_convolution" in str(traced.graph) and "aten::fft" not in str(traced.graph)
 

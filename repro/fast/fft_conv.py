@@ -40,7 +40,8 @@ shift or wrapped-around term would be far outside that).
 
 Used only where it applies: a float32 or float64 CPU tensor, stride 1, no dilation, zero
 padding, not under tracing or compiling (their graphs hold the plain layers); elsewhere it is
-F.conv2d.
+F.conv2d. Its backward is not differentiable again (no second derivatives, which training never
+takes). Under CPU bf16 autocast it computes in float32 (the project's bf16 is for GPUs).
 """
 from __future__ import annotations
 
@@ -168,10 +169,11 @@ class _FFTConv(torch.autograd.Function):
 def chosen(setting: str) -> bool:
     """Whether a layer whose [speed] switch says `setting` runs by Fourier transforms: "on",
     "off", or "auto": on where oneDNN's convolutions run without AVX-512 on an x86 CPU
-    (repro.machine.onednn_vector_isa: the CPU's, held to ONEDNN_MAX_CPU_ISA). There this path
-    made the training step faster at batch 128 and 32, on this project's machine held to AVX2
-    and to SSE4.1; with AVX-512 the direct convolution was as fast at batch 128 and faster at 32
-    (README, performance). Off on CPUs not measured (not x86)."""
+    (repro.machine.onednn_vector_isa: the CPU's, held to ONEDNN_MAX_CPU_ISA). On this project's
+    machine held to AVX2 this path made the training step faster at batch 128 and 32; with
+    AVX-512 it was no faster at either, and slower in the demo's training at 32 (README,
+    performance). For the narrower AVX and SSE4.1, where the direct kernels are slower still,
+    on is an extrapolation. Off on CPUs not measured (not x86)."""
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"expected auto, on or off, got {setting!r}")
     if setting != "auto":
@@ -181,14 +183,17 @@ def chosen(setting: str) -> bool:
 
 def available(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """The FFT path applies: a float32/float64 CPU input, stride 1, no dilation, zero padding
-    given as numbers, and not while tracing, scripting or compiling (exported and compiled
-    graphs hold the plain layers)."""
+    given as numbers, a non-empty batch and an output of at least one pixel, and not while
+    tracing, scripting or compiling (exported and compiled graphs hold the plain layers)."""
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
-    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+    if not (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
             and conv.weight.dtype == x.dtype and conv.stride == (1, 1) and conv.dilation == (1, 1)
             and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and conv.padding[0] == conv.padding[1])
+            and conv.padding[0] == conv.padding[1] and x.shape[0] > 0):
+        return False
+    pad, (kh, kw) = conv.padding[0], conv.kernel_size  # an output of at least one pixel (else
+    return x.shape[2] + 2 * pad >= kh and x.shape[3] + 2 * pad >= kw  # F.conv2d's own error)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int,
