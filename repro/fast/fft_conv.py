@@ -45,6 +45,7 @@ takes). Under CPU bf16 autocast it computes in float32 (the project's bf16 is fo
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -73,11 +74,27 @@ def transform_size(size: int, out: int, k: int, pad: int) -> int:
     return fft_size(max(size + pad, out, k))
 
 
-def _dft(n: int, taps: torch.Tensor, sign: int, count: int, dtype: torch.dtype) -> torch.Tensor:
-    """[count, len(taps)]: exp(sign * 2 pi i * f * t / n) for f < count, computed in float64."""
+@functools.lru_cache(maxsize=64)  # the same few matrices every step: made once per process
+def _dft(n: int, k: int, pad: int, sign: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+    """[count, k]: exp(sign * 2 pi i * f * t / n) for f < count and the taps t = -pad .. k-1-pad,
+    computed in float64. Shared between calls: read it, never write into it."""
     f = torch.arange(count, dtype=torch.float64).view(-1, 1)
-    angle = torch.remainder(f * taps.to(torch.float64).view(1, -1), n) * (sign * 2 * math.pi / n)
+    taps = torch.arange(k, dtype=torch.float64).view(1, -1) - pad
+    angle = torch.remainder(f * taps, n) * (sign * 2 * math.pi / n)
     return torch.polar(torch.ones_like(angle), angle).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_at_taps(m: int, k: int, pad: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """[k, m/2 + 1]: the inverse DFT along the half-spectrum axis at the taps -pad .. k-1-pad,
+    scaled by 1 / (n m), each column other than 0 and m/2 counted twice (it stands for its
+    mirror image too); the real part of its product is the inverse of a real signal's spectrum."""
+    cols = m // 2 + 1
+    twice = torch.full((cols,), 2.0, dtype=torch.float64)
+    twice[0] = 1.0
+    if m % 2 == 0:
+        twice[-1] = 1.0
+    return (_dft(m, k, pad, -1, cols, torch.complex128).t() * twice / (n * m)).to(dtype)
 
 
 def _kernel_spectrum(w: torch.Tensor, groups: int, n: int, m: int, pad: int, sign: int,
@@ -86,8 +103,8 @@ def _kernel_spectrum(w: torch.Tensor, groups: int, n: int, m: int, pad: int, sig
     sign -1 the spectrum W, sign +1 its conjugate. layout: the output's axes, from a (row
     frequency), b (column frequency), g (group), o (map out), c (map in)."""
     o, c, kh, kw = w.shape
-    rows = _dft(n, torch.arange(kh) - pad, sign, n, dtype)
-    cols = _dft(m, torch.arange(kw) - pad, sign, m // 2 + 1, dtype)
+    rows = _dft(n, kh, pad, sign, n, dtype)
+    cols = _dft(m, kw, pad, sign, m // 2 + 1, dtype)
     taps = w.view(groups, o // groups, c, kh, kw).to(dtype)
     return torch.einsum(f"ai,bj,gocij->{layout}", rows, cols, taps)
 
@@ -149,16 +166,11 @@ class _FFTConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # sum over the batch of conj(X) G, the conjugate of the spectrum of the correlation
             # of each gradient map with each input map; its taps -pad .. k-1-pad are the kernel's
-            # gradient: the inverse DFT at those taps (real part; the half spectrum's columns
-            # other than 0 and m/2 stand for two)
+            # gradient: the inverse DFT at those taps (real part)
             corr = torch.bmm(spectra.conj().resolve_conj().view(freqs * g, b, cg).transpose(1, 2), gf)
             corr = corr.view(n, cols, g, cg, og)
-            twice = torch.full((cols,), 2.0, dtype=torch.float64)
-            twice[0] = 1.0
-            if m % 2 == 0:
-                twice[-1] = 1.0
-            rows = _dft(n, torch.arange(kh) - pad, -1, n, cdtype).t()
-            colm = (_dft(m, torch.arange(kw) - pad, -1, cols, torch.complex128).t() * twice / (n * m)).to(cdtype)
+            rows = _dft(n, kh, pad, -1, n, cdtype).t()
+            colm = _inverse_at_taps(m, kw, pad, n, cdtype)
             taps = torch.einsum("ia,jb,abgco->gocij", rows, colm, corr).real.reshape(o, cg, kh, kw)
             gw = torch.empty_like(weight).copy_(taps)  # in the weight's own layout
         if has_bias and ctx.needs_input_grad[2]:
