@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,6 +158,10 @@ def convolution_seconds(step, repeats: int = 3) -> float:
     steps ran up to 50% over its timed median, all of it outside the convolutions.)"""
     from torch.profiler import ProfilerActivity, profile
 
+    # A CUDA build of torch on a machine without a GPU (PyPI's, on Linux) has its profiler (kineto)
+    # print start and stop markers and a failed GPU count to stderr at every profiled step; above
+    # its highest level (5) it prints nothing. A KINETO_LOG_LEVEL of the user's own wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     best = None
     for _ in range(repeats):
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -59,6 +59,7 @@ import gc
 import itertools
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -1190,6 +1191,7 @@ def _profile(ctx: Context, fn: Callable[[], None], trace: Path | None = None) ->
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # quiet, as in benchmarks/bench_train_step.py
     fn()
     ctx.sync()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])

@@ -1,6 +1,7 @@
 """The benchmark runner (`./run.sh bench`): discovery by name, skipping, the table, --json, errors.
 Fake benchmark scripts stand in for the real ones, so nothing here is timed."""
 import json
+import os
 import textwrap
 
 import pytest
@@ -153,6 +154,19 @@ def test_train_step_convolution_time_counts_convolutions_by_fourier_transforms()
     x = torch.randn(4, 8, 27, 27)
     seconds = module.convolution_seconds(lambda: conv(x).sum().backward(), repeats=1)
     assert seconds > 0
+
+
+def test_train_step_profiler_is_quiet_unless_the_user_asks(monkeypatch):
+    """The breakdown's profiler is told to print nothing (a CUDA build of torch without a GPU
+    prints two lines to stderr per profiled step otherwise); a KINETO_LOG_LEVEL already set stays."""
+    module = bench.load("train_step")
+    for before, after in ((None, "6"), ("1", "1")):
+        if before is None:
+            monkeypatch.delenv("KINETO_LOG_LEVEL", raising=False)
+        else:
+            monkeypatch.setenv("KINETO_LOG_LEVEL", before)
+        module.convolution_seconds(lambda: torch.ones(2).sum(), repeats=1)
+        assert os.environ.get("KINETO_LOG_LEVEL") == after
 
 
 def test_train_step_cli_takes_a_batch_size(capsys):
