@@ -128,7 +128,7 @@ setup() {
     # the project and pytest, then each extra the suite uses on its own (the tests of one that
     # is missing are skipped, and say which package they need).
     echo "setup: warning: the test extras did not all install; installing the project and pytest, then each extra alone" >&2
-    "$py" -m pip install -e . 'pytest>=7' || {
+    "$py" -m pip install -e . 'pytest>=7.3' || {
       echo "setup: the project's own dependencies did not install on Python $(python_version "$py") (pip's reason is above). A package with no wheel for this Python yet is built from source: h5py then needs HDF5's headers (Debian/Ubuntu: apt install libhdf5-dev pkg-config, then HDF5_DIR=/usr/lib/$(uname -m)-linux-gnu/hdf5/serial ./run.sh setup); or use a Python the README lists as tested" >&2
       exit 1
     }

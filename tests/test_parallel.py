@@ -1,6 +1,7 @@
 """The placements (docs/architecture.md, "Placements") give the same network (section 3.2: cross-tower
 traffic at conv3's input and every fully-connected layer's input, nowhere else)."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,14 @@ def test_grouped_emulation_equals_towers(case):
                 FLOAT32_NET_TOL, grads=False)
 
 
+def _take(path: Path):
+    """A process's results, loaded, and its file removed at once: hundreds of MB of float64
+    gradients each, which would otherwise stay on disk until the end of the run."""
+    result = torch.load(path, weights_only=True)
+    path.unlink()
+    return result
+
+
 def _gloo_pair(rank, world, m, x, y, out_dir):
     model = AlexNet.from_config(m, placement=Distributed(m.towers, "cpu"), seed=SEED)
     result32 = run(AlexNet.from_config(m, placement=model.placement, seed=SEED), x, y, F32)
@@ -116,7 +125,7 @@ def _gloo_pair(rank, world, m, x, y, out_dir):
 def test_two_gloo_processes_equal_one_device(case, tmp_path):
     m, x, y, reference = case
     run_gloo(_gloo_pair, 2, m, x, y, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [_take(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r in ranks:  # every process holds the full logits and the same loss
         assert_same((r["logits"], r["loss"], r["grads"]), reference[F64])
         assert_same(r["float32"], reference[F32], FLOAT32_NET_TOL, grads=False)
@@ -216,7 +225,7 @@ def test_data_parallel_pairs_equal_one_pair_on_whole_batch(tmp_path):
     _, _, reference = run(AlexNet.from_config(m, seed=SEED), x, y, F64)
     run_gloo(_gloo_data_parallel, 4, m, x, y, str(tmp_path))
     for rank in range(4):
-        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        grads = _take(tmp_path / f"rank{rank}.pt")
         assert set(grads) == {k for k in reference if k.startswith(f"towers.{rank % 2}.")}
         for name, g in grads.items():
             assert rel_err(g, reference[name]) < FLOAT64_TOL, (rank, name)
