@@ -40,8 +40,9 @@ setup(
         # does not import with numpy 2, 1.19 does.
         "export": ["onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
         # the test suite runs the optional paths too, so CI (./run.sh setup installs .[test]) covers them
-        # pytest 7.3: tmp_path_retention_policy (pytest.ini). pytest-timeout: a test that hangs (a stuck process group, a lost worker) fails with every
-        # thread's stack instead of holding CI until its limit (pytest.ini, timeout)
+        # pytest 7.3: tmp_path_retention_policy (pytest.ini). pytest-timeout: a test that hangs (a
+        # stuck process group, a lost worker) fails with every thread's stack instead of holding CI
+        # until its limit (pytest.ini, timeout)
         "test": ["pytest>=7.3", "pytest-timeout>=2", "pyarrow>=12", "tensorboard>=2.12",
                  "onnx>=1.17", "onnxscript>=0.6", "onnxruntime>=1.19", "safetensors>=0.4"],
     },
