@@ -53,6 +53,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from repro import machine
+from repro.config import FFT_CHOICES
 
 
 def fft_size(n: int) -> int:
@@ -186,8 +187,8 @@ def chosen(setting: str) -> bool:
     AVX-512 it was no faster at either, and slower in the demo's training at 32 (README,
     performance). For the narrower AVX and SSE4.1, where the direct kernels are slower still,
     on is an extrapolation. Off on CPUs not measured (not x86)."""
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"expected auto, on or off, got {setting!r}")
+    if setting not in FFT_CHOICES:
+        raise ValueError(f"expected {', '.join(FFT_CHOICES[:-1])} or {FFT_CHOICES[-1]}, got {setting!r}")
     if setting != "auto":
         return setting == "on"
     return machine.onednn_vector_isa() in ("avx2", "avx", "sse4_1")
